@@ -1,0 +1,119 @@
+"""Command line: `fastdiff generate | demo | write-random`."""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+DEMO_PROMPT = "def fibonacci(n):"
+
+
+def _bundled_model() -> Optional[Path]:
+    try:
+        from .assets import demo_model_path
+        return demo_model_path()
+    except (ImportError, FileNotFoundError):
+        return None
+
+
+def _add_generation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", default=DEMO_PROMPT, help="prompt text (default: %(default)r)")
+    p.add_argument("--chat", action="store_true", help="apply the checkpoint's chat template")
+    p.add_argument("--gen-length", type=int, default=64)
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen-length)")
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--cfg-scale", type=float, default=0.0)
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--logits-eos-inf", action="store_true")
+    p.add_argument("--confidence-eos-eot-inf", action="store_true")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
+
+
+def _run_generate(model: Path, args: argparse.Namespace, label: str = "") -> int:
+    from . import Engine, GenerationConfig
+    t0 = time.perf_counter()
+    engine = Engine.from_pretrained(model, device=args.device, dtype=args.dtype,
+                                    backend=args.backend)
+    load_s = time.perf_counter() - t0
+    gen = GenerationConfig(gen_length=args.gen_length, steps=args.steps or args.gen_length,
+                           block_length=args.block_length, temperature=args.temperature,
+                           cfg_scale=args.cfg_scale, remasking=args.remasking,
+                           logits_eos_inf=args.logits_eos_inf,
+                           confidence_eos_eot_inf=args.confidence_eos_eot_inf, seed=args.seed)
+    t0 = time.perf_counter()
+    out = engine.generate(args.prompt, gen, chat=args.chat)[0]
+    secs = time.perf_counter() - t0
+    print(args.prompt + (out.text if out.text is not None else str(out.token_ids)))
+    print(f"[fastdiff{label}] {len(out.full_ids)} tokens ({len(out.token_ids)} before EOS, "
+          f"finish_reason={out.finish_reason}), NFE {out.nfe}, {secs:.2f} s, "
+          f"{len(out.full_ids) / secs:.1f} tokens/s (load {load_s:.2f} s, "
+          f"{engine.backend} backend on {engine.model.device}, {engine.model.dtype})",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = Path(args.model) if args.model else _bundled_model()
+    if model is None:
+        raise SystemExit("error: no --model given and this build has no bundled demo model; "
+                         "pass --model DIR (a local LLaDA checkpoint folder)")
+    return _run_generate(model, args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    model = _bundled_model()
+    label = ""
+    if model is None:
+        from . import ModelConfig
+        from .models import save_random_checkpoint
+        model = Path(tempfile.gettempdir()) / "fastdiff-demo-random-small"
+        if not (model / "config.json").is_file():
+            save_random_checkpoint(model, ModelConfig.preset("small"), seed=0)
+        print(f"note: no bundled demo model in this build; using a RANDOM-WEIGHT 'small' "
+              f"checkpoint written to {model} (the output is gibberish by design)", file=sys.stderr)
+        label = ", random weights"
+    return _run_generate(model, args, label)
+
+
+def cmd_write_random(args: argparse.Namespace) -> int:
+    from . import ModelConfig
+    from .models import save_random_checkpoint
+    path = save_random_checkpoint(args.path, ModelConfig.preset(args.preset), seed=args.seed,
+                                  shards=args.shards)
+    print(f"wrote a random-weight {args.preset!r} checkpoint to {path}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastdiff", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate from a local checkpoint")
+    g.add_argument("--model", default=None, help="checkpoint folder (default: bundled demo)")
+    _add_generation_flags(g)
+    g.set_defaults(func=cmd_generate)
+    d = sub.add_parser("demo", help="generate with the bundled demo model on this machine")
+    _add_generation_flags(d)
+    d.set_defaults(func=cmd_demo)
+    w = sub.add_parser("write-random", help="write a random-weight checkpoint (tests, benches)")
+    w.add_argument("path")
+    w.add_argument("--preset", default="tiny", choices=["tiny", "small", "llada-8b"])
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--shards", type=int, default=2)
+    w.set_defaults(func=cmd_write_random)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

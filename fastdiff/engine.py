@@ -1,0 +1,184 @@
+"""Engine: owns the model, tokenizer and ops backend; turns prompts into Completions."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .config import GenerationConfig, ModelConfig
+from .decoding.loop import denoise
+from .decoding.policies import Scorer, TopKSchedule
+from .decoding.state import DecodeState
+from .models.llada import LLaDAModel
+from .models.loader import load_checkpoint
+from .models.tokenizer import Tokenizer
+from .ops import get_ops
+
+Prompt = Union[str, Sequence[int], Sequence[dict]]
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Completion:
+    """One prompt's result. token_ids: generated ids cut before the first EOS/EoT; full_ids: all
+    gen_length positions as denoised; text: token_ids decoded without specials (None without a
+    tokenizer); finish_reason: "eos" if an EOS/EoT was generated else "length"; nfe: forwards."""
+
+    token_ids: list[int]
+    full_ids: list[int]
+    text: Optional[str]
+    finish_reason: str
+    nfe: int
+
+
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available here; use device='cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype], device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is invalid; allowed: {sorted(DTYPES)} or 'auto'")
+        return DTYPES[dtype]
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype={dtype} is invalid; use torch.float32, float16 or bfloat16")
+    return dtype
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        if device.type != "cuda":
+            return "torch"
+        try:
+            import triton  # noqa: F401
+            from .ops import triton_backend  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "triton"
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"backend={backend!r} is invalid; allowed: 'torch', 'triton', 'auto'")
+    return backend
+
+
+class Engine:
+    """A loaded model ready to decode. Build with Engine.from_pretrained(path)."""
+
+    def __init__(self, model: LLaDAModel, tokenizer: Optional[Tokenizer], *, backend: str,
+                 max_batch_size: int = 64, max_seq_len: Optional[int] = None) -> None:
+        self.model = model
+        self.config: ModelConfig = model.config
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.ops = model.ops
+        self.max_batch_size = max_batch_size
+        self.max_seq_len = min(max_seq_len or self.config.max_sequence_length,
+                               self.config.max_sequence_length)
+        self.eot_id = tokenizer.eot_token_id if tokenizer is not None else None
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, Path], *, device: Union[str, torch.device] = "auto",
+                        dtype: Union[str, torch.dtype] = "auto", backend: str = "auto",
+                        graphs: Union[str, bool] = "auto", max_batch_size: int = 64,
+                        max_seq_len: Optional[int] = None) -> "Engine":
+        """Load a local LLaDA checkpoint folder. auto: cuda if available; bf16 on CUDA, fp32 on
+        CPU; the triton backend on CUDA, torch on CPU."""
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        be = resolve_backend(backend, dev)
+        if graphs not in ("auto", False, True):
+            raise ValueError(f"graphs={graphs!r} is invalid; allowed: True, False, 'auto'")
+        if graphs is True:
+            raise ValueError("graphs=True needs the CUDA graph runner, which this version does not "
+                             "have yet; use graphs='auto' or False")
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size={max_batch_size} is invalid: expected >= 1")
+        ckpt = load_checkpoint(path, device=dev, dtype=dt, ops=get_ops(be))
+        return cls(ckpt.model, ckpt.tokenizer, backend=be, max_batch_size=max_batch_size,
+                   max_seq_len=max_seq_len)
+
+    # ------------------------------------------------------------------------------ prompts
+    def _encode(self, prompt: Prompt, chat: bool) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this checkpoint has no tokenizer.json, so string prompts cannot "
+                                 "be encoded; pass token ids (a list of ints) instead")
+            if chat:
+                text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+                return self.tokenizer.encode(text, add_special_tokens=False)
+            return self.tokenizer.encode(prompt)
+        if prompt and all(isinstance(m, dict) for m in prompt):
+            if self.tokenizer is None:
+                raise ValueError("chat messages need a tokenizer; this checkpoint has none")
+            text = self.tokenizer.apply_chat_template(list(prompt))
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        ids = list(prompt)
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise ValueError("a prompt must be a string, a list of token ids (ints) or a list of "
+                             "chat messages ({'role': ..., 'content': ...})")
+        bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token id(s) {bad[:5]} are outside the vocabulary "
+                             f"[0, {self.config.vocab_size})")
+        return ids
+
+    def _prompt_list(self, prompts, chat: bool) -> list[list[int]]:
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        elif prompts and isinstance(prompts[0], dict):
+            prompts = [prompts]  # one conversation
+        ids = [self._encode(p, chat) for p in prompts]
+        for i, p in enumerate(ids):
+            if self.config.mask_token_id in p:
+                raise ValueError(f"prompt {i} contains the MASK token id "
+                                 f"{self.config.mask_token_id} at position "
+                                 f"{p.index(self.config.mask_token_id)}; prompts may not contain "
+                                 "MASK (infilling is not supported)")
+        return ids
+
+    # ------------------------------------------------------------------------------ generate
+    @torch.inference_mode()
+    def generate(self, prompts, config: Optional[GenerationConfig] = None, *, chat: bool = False,
+                 **overrides) -> list[Completion]:
+        """prompts: a string, a list of strings, a list of token ids, a list of token-id lists, or
+        chat messages; chat=True renders strings with the checkpoint's chat template."""
+        gen = (config or GenerationConfig()).replace(**overrides) if overrides else \
+            (config or GenerationConfig())
+        ids = self._prompt_list(prompts, chat)
+        if len(ids) > self.max_batch_size:
+            raise ValueError(f"{len(ids)} prompts exceed max_batch_size={self.max_batch_size}; "
+                             "split the batch or build the engine with a larger max_batch_size")
+        gen.check_prompts([len(p) for p in ids], self.config)
+        if max(len(p) for p in ids) + gen.gen_length > self.max_seq_len:
+            raise ValueError(f"prompt + gen_length exceeds the engine's max_seq_len="
+                             f"{self.max_seq_len}; lower gen_length or raise max_seq_len")
+        seed = gen.seed if gen.seed is not None else secrets.randbits(63)
+        state = DecodeState.from_prompts(ids, gen.gen_length, mask_id=self.config.mask_token_id,
+                                         pad_id=self.config.pad_token_id,
+                                         seeds=[seed] * len(ids), device=self.model.device)
+        scorer = Scorer.from_config(gen, self.config.eos_token_id, self.eot_id)
+        denoise(self.model, self.ops, state, scorer, TopKSchedule(gen.steps_per_block),
+                block_length=gen.block_length, cfg_scale=float(gen.cfg_scale))
+        return self._completions(state)
+
+    def _completions(self, state: DecodeState) -> list[Completion]:
+        full = state.generated().tolist()  # the one device-to-host copy, after the loop
+        nfe = state.nfe.tolist()
+        stops = {self.config.eos_token_id} | ({self.eot_id} if self.eot_id is not None else set())
+        out = []
+        for row, n in zip(full, nfe):
+            cut = next((j for j, t in enumerate(row) if t in stops), None)
+            toks = row if cut is None else row[:cut]
+            text = self.tokenizer.decode(toks) if self.tokenizer is not None else None
+            out.append(Completion(toks, row, text, "eos" if cut is not None else "length", n))
+        return out

@@ -1,0 +1,96 @@
+"""Load a local LLaDA checkpoint folder (HF layout, dllm-spec.md section 2). Local files only."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import safe_open
+from tqdm.auto import tqdm
+
+from ..config import ModelConfig
+from ..ops import TorchOps
+from .llada import LLaDAModel, weight_shapes
+from .tokenizer import Tokenizer
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    model: LLaDAModel
+    tokenizer: Optional[Tokenizer]
+    path: Path
+
+
+def _shard_files(path: Path) -> tuple[list[Path], dict[str, str]]:
+    """The safetensors files of a folder and, when sharded, the index's name -> file map."""
+    if (path / INDEX).is_file():
+        with open(path / INDEX, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ValueError(f"{path / INDEX} has no 'weight_map'; the index file is corrupt")
+        files = [path / name for name in sorted(set(weight_map.values()))]
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"shard(s) listed in {path / INDEX} are missing: {missing}")
+        return files, weight_map
+    if (path / SINGLE).is_file():
+        return [path / SINGLE], {}
+    raise FileNotFoundError(f"no weights in {path}: expected {SINGLE} or {INDEX} with its shards")
+
+
+def load_weights(path: str | Path, config: ModelConfig, *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Read every tensor the model needs, checking names and shapes, converting to dtype."""
+    path = Path(path)
+    files, weight_map = _shard_files(path)
+    expected = weight_shapes(config)
+    out: dict[str, torch.Tensor] = {}
+    bar = tqdm(files, desc="loading shards", unit="shard", disable=len(files) < 2)
+    for file in bar:
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if name not in expected:
+                    continue  # extra tensors (e.g. rotary buffers) are ignored
+                if weight_map and weight_map.get(name) not in (None, file.name):
+                    continue
+                t = f.get_tensor(name)
+                if tuple(t.shape) != expected[name]:
+                    raise ValueError(f"tensor {name} in {file.name} has shape {tuple(t.shape)}, "
+                                     f"expected {expected[name]} from config.json")
+                if not (t.is_floating_point()):
+                    raise ValueError(f"tensor {name} in {file.name} has dtype {t.dtype}; "
+                                     "expected a floating-point weight")
+                out[name] = t.to(device=device, dtype=dtype)
+    missing = [n for n in expected if n not in out]
+    if missing:
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ValueError(f"checkpoint {path} lacks tensor(s) {missing[:5]}{more}")
+    return out
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32, ops=None) -> Checkpoint:
+    """config.json + weights (+ tokenizer when present) -> Checkpoint with a ready model."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {path} does not exist (fastdiff reads local "
+                                "folders only; download the model first)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json; is it a LLaDA checkpoint folder?")
+    config = ModelConfig.from_json(path / "config.json")
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"dtype={dtype} is not supported; use torch.float32, float16 or bfloat16")
+    weights = load_weights(path, config, device=device, dtype=dtype)
+    tokenizer = Tokenizer.from_dir(path)
+    if tokenizer is not None:
+        for name, tid in (("mask_token_id", config.mask_token_id),
+                          ("eos_token_id", config.eos_token_id)):
+            if tokenizer.token_to_id(tokenizer._tok.id_to_token(tid) or "") != tid:
+                raise ValueError(f"config.json's {name}={tid} is not a token of tokenizer.json")
+    return Checkpoint(config, LLaDAModel(config, weights, ops or TorchOps()), tokenizer, path)

@@ -1,0 +1,155 @@
+"""Random LLaDA checkpoints in the real on-disk layout, for tests, benches and demos.
+
+Weights are scaled so the model is *peaked*: sharp attention (positions see different contexts),
+logits with a wide spread (confidences spread over (0, 1) with clear gaps, many above 0.9), an
+EOS row that wins at a few percent of positions, and a MASK row that never wins. A near-uniform
+random model would make exact comparisons flaky and threshold decoding meaningless."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from ..config import ModelConfig
+from .llada import PREFIX, weight_shapes
+
+SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>",
+            "<|end_header_id|>", "<|mdm_mask|>")
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first %}{{ bos_token }}{% endif %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
+    "+ message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
+    "{% endif %}")
+_SEED_TEXT = (
+    "A masked diffusion language model starts from a fully masked answer and refines it over a "
+    "few denoising steps. Every step predicts all positions at once with bidirectional attention "
+    "and commits the positions it is most confident about. def fibonacci(n):\n    if n < 2:\n"
+    "        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n"
+    "The quick brown fox jumps over the lazy dog while the engine decodes tokens in parallel.")
+
+
+def random_weights(config: ModelConfig, *, seed: int = 0,
+                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Official LLaDA names -> peaked random tensors (CPU, drawn in fp32, cast to dtype)."""
+    g = torch.Generator().manual_seed(seed)
+    head_std, eos_gain = 6.0, min(1.1 + 1.6 * config.n_layers, 8.0)  # tuned on tiny, small
+    d, m = config.d_model, config.mlp_hidden_size
+    scale = {"attn_norm": 0.0, "ff_norm": 0.0, "q_proj": 1.6 / math.sqrt(d),
+             "k_proj": 1.6 / math.sqrt(d), "v_proj": 1.0 / math.sqrt(d),
+             "attn_out": 1.5 / math.sqrt(d), "ff_proj": 1.0 / math.sqrt(d),
+             "up_proj": 1.0 / math.sqrt(d), "ff_out": 0.5 / math.sqrt(m)}
+    out = {}
+    for name, shape in weight_shapes(config).items():
+        short = name.rsplit(".", 2)[-2]
+        if name == PREFIX + "wte.weight":
+            t = wte = torch.randn(shape, generator=g)
+        elif name == PREFIX + "ff_out.weight":  # LM head
+            t = torch.randn(shape, generator=g) * (head_std / math.sqrt(d))  # logit std head_std
+            # EOS aligned with the MASK embedding: it wins where a position sees little context
+            # (a few to a few tens of percent of masked positions), like a trained model's tail.
+            t[config.eos_token_id] = eos_gain * head_std / d * wte[config.mask_token_id]
+            t[config.mask_token_id] = 0.0  # MASK is never predicted
+        elif short in ("attn_norm", "ff_norm", "ln_f"):
+            t = torch.ones(shape)
+        else:
+            t = torch.randn(shape, generator=g) * scale[short]
+        out[name] = t.to(dtype)
+    return out
+
+
+def _corpus(n_words: int = 6000, seed: int = 0) -> list[str]:
+    """Deterministic training text: a seed paragraph plus pseudo-words from syllables."""
+    rng = random.Random(seed)
+    syll = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
+    lexicon = ["".join(rng.choice(syll) for _ in range(rng.randint(1, 3))) for _ in range(3000)]
+    lines = [_SEED_TEXT] * 20
+    for _ in range(n_words // 12):
+        lines.append(" ".join(rng.choice(lexicon) for _ in range(12)) + ".")
+    return lines
+
+
+def build_tokenizer(config: ModelConfig, seed: int = 0) -> HFTokenizer:
+    """Byte-level BPE trained on a fixed corpus; specials at the config's MASK/EOS ids and the
+    top free ids; unused ids filled with regular pseudo-word tokens so every id decodes."""
+    V = config.vocab_size
+    if V < 256 + 16:
+        raise ValueError(f"vocab_size={V} is too small for a byte-level tokenizer (>= 272)")
+    base = HFTokenizer(models.BPE())
+    base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=V - len(SPECIALS), show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    base.train_from_iterator(_corpus(seed=seed), trainer=trainer)
+    spec = json.loads(base.to_str())
+    trained = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
+    special_ids = {"<|mdm_mask|>": config.mask_token_id, "<|endoftext|>": config.eos_token_id}
+    free_top = [i for i in range(V - 1, -1, -1) if i not in special_ids.values()]
+    for tok in SPECIALS:
+        if tok not in special_ids:
+            special_ids[tok] = free_top.pop(0)
+    taken = set(special_ids.values())
+    slots = iter(i for i in range(V) if i not in taken)
+    vocab = {tok: next(slots) for tok, _ in trained}
+    for n, i in enumerate(slots):  # fill the rest with pseudo-words so every id decodes
+        vocab[f"\u0120w{n}"] = i
+    vocab.update(special_ids)
+    spec["model"]["vocab"] = vocab
+    spec["added_tokens"] = [dict(id=i, content=t, single_word=False, lstrip=False, rstrip=False,
+                                 normalized=False, special=True)
+                            for t, i in sorted(special_ids.items(), key=lambda kv: kv[1])]
+    bos = special_ids["<|startoftext|>"]
+    spec["post_processor"] = {"type": "TemplateProcessing",
+                              "single": [{"SpecialToken": {"id": "<|startoftext|>", "type_id": 0}},
+                                         {"Sequence": {"id": "A", "type_id": 0}}],
+                              "pair": [{"SpecialToken": {"id": "<|startoftext|>", "type_id": 0}},
+                                       {"Sequence": {"id": "A", "type_id": 0}},
+                                       {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {"<|startoftext|>": {
+                                  "id": "<|startoftext|>", "ids": [bos],
+                                  "tokens": ["<|startoftext|>"]}}}
+    tok = HFTokenizer.from_str(json.dumps(spec))
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def save_random_checkpoint(path: str | Path, config: ModelConfig, *, seed: int = 0,
+                           dtype: torch.dtype = torch.bfloat16, shards: int = 2,
+                           tokenizer: bool = True) -> Path:
+    """Write config.json, safetensors (sharded with an index when shards > 1), tokenizer.json and
+    tokenizer_config.json to `path` (created). Returns the folder."""
+    if shards < 1:
+        raise ValueError(f"shards={shards} is invalid: expected >= 1")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    weights = random_weights(config, seed=seed, dtype=dtype)
+    with open(path / "config.json", "w", encoding="utf-8") as f:
+        json.dump(config.to_dict(), f, indent=2)
+    names = list(weights)
+    if shards == 1:
+        save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        groups = [names[i::shards] for i in range(shards)]
+        weight_map, total = {}, 0
+        for k, group in enumerate(groups):
+            fname = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+            save_file({n: weights[n].contiguous() for n in group}, str(path / fname),
+                      metadata={"format": "pt"})
+            for n in group:
+                weight_map[n] = fname
+                total += weights[n].numel() * weights[n].element_size()
+        with open(path / "model.safetensors.index.json", "w", encoding="utf-8") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    if tokenizer:
+        build_tokenizer(config, seed=seed).save(str(path / "tokenizer.json"))
+        with open(path / "tokenizer_config.json", "w", encoding="utf-8") as f:
+            json.dump({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                       "chat_template": CHAT_TEMPLATE}, f, indent=2)
+    return path
+

@@ -1,0 +1,243 @@
+"""Oracles for every op: written for clarity in fp32/fp64, never optimized.
+
+They define what the torch backend and the Triton/CUDA kernels must compute; tests compare
+against them. Semantics: shared/docs/dllm-spec.md; contracts: shared/docs/design.md "Kernels".
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+# ----------------------------------------------------------------------------- model ops
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [..., d], weight [d] -> [..., d] in x.dtype: normalize in fp32, cast back, times weight."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return y.to(x.dtype) * weight
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
+    """positions [B, S] int -> cos, sin [B, S, head_dim] fp32 (angles duplicated as cat(f, f))."""
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32,
+                                       device=positions.device) / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # [B, S, hd/2]
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """t [B, S, H, D], cos/sin [B, S, D] -> rotated t in t.dtype (computed in fp32)."""
+    tf = t.float()
+    half = tf.shape[-1] // 2
+    rot = torch.cat([-tf[..., half:], tf[..., :half]], dim=-1)  # rotate_half([a, b]) = [-b, a]
+    return (tf * cos[:, :, None] + rot * sin[:, :, None]).to(t.dtype)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              kv_start: torch.Tensor, kv_end: torch.Tensor) -> torch.Tensor:
+    """Non-causal attention. q [B, Sq, H, D], k/v [B, Skv, Hkv, D] (H % Hkv == 0),
+    kv_start/kv_end [B] int: row b attends to keys [start_b, end_b) -> [B, Sq, H, D] in q.dtype."""
+    B, Sq, H, D = q.shape
+    rep = H // k.shape[2]
+    kf = k.double().repeat_interleave(rep, dim=2)
+    vf = v.double().repeat_interleave(rep, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q.double(), kf) / math.sqrt(D)
+    j = torch.arange(k.shape[1], device=q.device)
+    valid = (j[None] >= kv_start[:, None].long()) & (j[None] < kv_end[:, None].long())  # [B, Skv]
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), vf)
+    return out.to(q.dtype)
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """gate, up [..., m] -> silu(gate) * up, computed in fp32, returned in gate.dtype."""
+    g = gate.float()
+    return (g * torch.sigmoid(g) * up.float()).to(gate.dtype)
+
+
+# ----------------------------------------------------------------------------- randomness
+
+_M32 = 0xFFFFFFFF
+
+
+def _mulhilo32(a: int, b: torch.Tensor):
+    """32x32 -> (hi, lo) 32-bit halves, exact in int64 (b split into 16-bit halves)."""
+    b_lo, b_hi = b & 0xFFFF, b >> 16
+    p_lo = a * b_lo  # < 2**48
+    p_hi = a * b_hi  # < 2**48
+    mid = p_hi + (p_lo >> 16)  # < 2**49
+    hi = (mid >> 16) & _M32
+    lo = (((mid & 0xFFFF) << 16) | (p_lo & 0xFFFF)) & _M32
+    return hi, lo
+
+
+def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
+    """Philox4x32-10 on int64 tensors holding uint32 values; same rounds as triton's tl.philox."""
+    c0, c1, c2, c3, k0, k1 = (torch.as_tensor(t, dtype=torch.int64) & _M32
+                              for t in (c0, c1, c2, c3, k0, k1))
+    c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(c0, c1, c2, c3, k0, k1)
+    for _ in range(rounds):
+        hi_b, lo_b = _mulhilo32(0xCD9E8D57, c2)
+        hi_a, lo_a = _mulhilo32(0xD2511F53, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + 0x9E3779B9) & _M32
+        k1 = (k1 + 0xBB67AE85) & _M32
+    return c0, c1, c2, c3
+
+
+def uniform(seed: torch.Tensor, step: torch.Tensor, pos: torch.Tensor, col: torch.Tensor,
+            stream: int = 0) -> torch.Tensor:
+    """Counter-based U[0, 1) fp32 keyed by (seed, step, position, column, stream), broadcasting.
+
+    Philox key = (seed low 32 bits, seed high 32 bits); counter = (col, pos, step, stream);
+    first output word -> float exactly as triton's uint_to_uniform_float. Stream 0 is the Gumbel
+    noise (col = vocab id), stream 1 the `random` remasking confidence (col = 0)."""
+    seed = torch.as_tensor(seed, dtype=torch.int64)
+    r, _, _, _ = philox4x32(col, pos, step, stream, seed & _M32, seed >> 32)
+    r = torch.where(r >= 2**31, r - 2**32, r)  # bitcast to int32
+    r = torch.where(r < 0, -r - 1, r)
+    return r.float() * 4.6566127342e-10
+
+
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from U[0, 1): -log(-log(u)); u == 0 gives -inf (never wins)."""
+    return -torch.log(-torch.log(u))
+
+
+# ----------------------------------------------------------------------------- decoding ops
+
+CONF_MODES = ("low_confidence", "random", "maskgit_plus", "maxprob", "margin", "neg_entropy")
+
+
+def _confidence(logits: torch.Tensor, x0: torch.Tensor, mode: str, temperature: float,
+                u_random: torch.Tensor) -> torch.Tensor:
+    """logits [..., V] fp64 (EOS already suppressed), x0 [...] -> conf [...] fp64 for one mode.
+
+    low_confidence scores the untempered softmax; the Dream modes score the tempered one
+    p = softmax(logits / T) (T = 0: softmax(logits)), without top-p / top-k filtering."""
+    if mode == "low_confidence":
+        return logits.softmax(-1).gather(-1, x0[..., None])[..., 0]
+    if mode == "random":
+        return u_random.double()
+    if mode not in CONF_MODES:
+        raise ValueError(f"unknown confidence mode {mode!r}; allowed: {CONF_MODES}")
+    p = (logits / temperature if temperature > 0 else logits).softmax(-1)
+    if mode == "maskgit_plus":  # Dream: probability of the drawn token
+        return p.gather(-1, x0[..., None])[..., 0]
+    if mode == "maxprob":
+        return p.max(-1).values
+    if mode == "margin":  # Dream topk_margin: top1 - top2, whatever token is drawn
+        top2 = p.topk(2, dim=-1).values
+        return top2[..., 0] - top2[..., 1]
+    # neg_entropy: sum p log p (Dream adds 1e-10 inside the log; fastdiff does not), 0 log 0 = 0
+    return torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum(-1)
+
+
+def lm_head_confidence(hidden: torch.Tensor, row_map: torch.Tensor, weight: torch.Tensor, *,
+                       mode: str, temperature: float, seed: torch.Tensor, step: torch.Tensor,
+                       pos_base: torch.Tensor, eos_id: int, eot_id: Optional[int],
+                       suppress_eos: bool, eos_eot_conf: bool):
+    """hidden [B, S, d], row_map int32 [B, Lb] (-1 = not scored), W [V, d], seed/step/pos_base [B]
+    -> x0 int64 [B, Lb], conf fp32 [B, Lb] (-inf where not scored).
+
+    Block position j of row b scores hidden[b, row_map[b, j]] (row 0 where not scored) and has
+    generation position pos_base[b] + j (the Philox counter). x0 = argmax(logits) at temperature
+    0 (lowest index among ties), else the Gumbel-max sample argmax(logits / T + G), G from
+    stream 0 with column = vocab id. Modes (CONF_MODES):
+      low_confidence: softmax(logits)[x0] (untempered; LLaDA)
+      random:         U[0, 1) from stream 1, column 0 (LLaDA)
+      maskgit_plus:   p[x0] with p = softmax(logits / T) (softmax(logits) at T = 0; Dream)
+      maxprob:        max p;  margin: p_top1 - p_top2;  neg_entropy: sum p log p.
+    suppress_eos sets logits[EOS] = -inf first; eos_eot_conf gives positions whose x0 is EOS or
+    EoT confidence -1."""
+    if mode not in CONF_MODES:
+        raise ValueError(f"unknown confidence mode {mode!r}; allowed: {CONF_MODES}")
+    B, Lb = row_map.shape
+    dev = hidden.device
+    scored = row_map >= 0
+    rows = hidden[torch.arange(B, device=dev)[:, None], row_map.long().clamp(min=0)]  # [B, Lb, d]
+    logits = rows.double() @ weight.double().T  # [B, Lb, V]
+    V = logits.shape[-1]
+    if suppress_eos:
+        logits[..., eos_id] = float("-inf")
+    pos = (pos_base[:, None].long() + torch.arange(Lb, device=dev)[None])  # [B, Lb]
+    if temperature == 0:
+        x0 = logits.argmax(-1)
+    else:
+        u = uniform(seed[:, None, None], step[:, None, None], pos[..., None],
+                    torch.arange(V, device=dev)[None, None], stream=0)
+        x0 = (logits / temperature + gumbel(u).double()).argmax(-1)
+    u_random = uniform(seed[:, None], step[:, None], pos, 0, stream=1)
+    conf = _confidence(logits, x0, mode, temperature, u_random)
+    if eos_eot_conf:
+        special = x0 == eos_id
+        if eot_id is not None:
+            special |= x0 == eot_id
+        conf = torch.where(special, torch.full_like(conf, -1.0), conf)
+    conf = torch.where(scored, conf, torch.full_like(conf, float("-inf")))
+    return x0, conf.float()
+
+
+def select_topk_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
+                       block_start: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """x [B, L] canvas, x0/conf [B, Lb], block_start [B], k [B] -> new canvas: per row, the k
+    finite-confidence block positions with the highest conf (lowest index wins ties) get x0."""
+    x = x.clone()
+    for b in range(x.shape[0]):
+        order = sorted(range(conf.shape[1]), key=lambda j: (-float(conf[b, j]), j))
+        chosen = [j for j in order if math.isfinite(float(conf[b, j]))][: int(k[b])]
+        for j in chosen:
+            x[b, int(block_start[b]) + j] = x0[b, j]
+    return x
+
+
+def _per_row(value, B: int) -> list:
+    """A float or a [B] tensor -> B Python floats."""
+    vals = value.reshape(-1).tolist() if isinstance(value, torch.Tensor) else [float(value)]
+    return [float(v) for v in (vals * B if len(vals) == 1 else vals)]
+
+
+def _commit_ranked(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
+                   block_start: torch.Tensor, count_fn) -> torch.Tensor:
+    """Per row: order the finite confidences descending (lowest index first among ties), let
+    count_fn(b, [c_1, c_2, ...]) say how many of them to commit, write x0 there. -> new canvas."""
+    x = x.clone()
+    for b in range(x.shape[0]):
+        order = sorted(range(conf.shape[1]), key=lambda j: (-float(conf[b, j]), j))
+        order = [j for j in order if math.isfinite(float(conf[b, j]))]
+        n = count_fn(b, [float(conf[b, j]) for j in order])
+        for j in order[:n]:
+            x[b, int(block_start[b]) + j] = x0[b, j]
+    return x
+
+
+def select_threshold_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
+                            block_start: torch.Tensor, tau) -> torch.Tensor:
+    """x [B, L] canvas, x0/conf [B, Lb], block_start [B], tau float or [B] -> new canvas: per
+    row, every finite-confidence block position with conf >= tau, and always the single most
+    confident one (lowest index among ties), gets x0 (Fast-dLLM threshold decoding)."""
+    taus = _per_row(tau, x.shape[0])
+
+    def count(b, c):
+        return max(sum(ci >= taus[b] for ci in c), 1) if c else 0
+    return _commit_ranked(x, x0, conf, block_start, count)
+
+
+def select_factor_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
+                         block_start: torch.Tensor, factor) -> torch.Tensor:
+    """x [B, L] canvas, x0/conf [B, Lb], block_start [B], factor float or [B] -> new canvas: per
+    row, sort the finite confidences descending c_1 >= c_2 >= ... and commit the largest prefix
+    with c_i >= 1 - f / (i + 1) (c_1 always; Fast-dLLM's factor rule without its last-index
+    quirk)."""
+    fs = _per_row(factor, x.shape[0])
+
+    def count(b, c):
+        n = 0
+        while n < len(c) and c[n] >= 1.0 - fs[b] / (n + 2):  # c[n] is c_{n+1}
+            n += 1
+        return max(n, 1) if c else 0
+    return _commit_ranked(x, x0, conf, block_start, count)

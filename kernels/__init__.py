@@ -1,0 +1,1 @@
+"""Triton kernels, installed as the subpackage fastdiff.kernels (one op per file)."""

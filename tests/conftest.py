@@ -1,0 +1,38 @@
+"""Shared fixtures. Without CUDA, Triton kernels run under the interpreter: TRITON_INTERPRET must
+be set before any kernel module is imported, so it is set here, first."""
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from fastdiff import ModelConfig  # noqa: E402
+from fastdiff.models import save_random_checkpoint  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory):
+    """Writer checkpoint: tiny preset (MASK 1020, EOS 1017), 2 bf16 shards + index, tokenizer."""
+    return save_random_checkpoint(tmp_path_factory.mktemp("tiny"), ModelConfig.preset("tiny"),
+                                  seed=0, dtype=torch.bfloat16, shards=2)
+
+
+@pytest.fixture(scope="session")
+def gqa_ckpt(tmp_path_factory):
+    """A GQA variant (4 heads, 2 KV heads) with other non-default ids, stored fp16, one file."""
+    cfg = ModelConfig(d_model=96, n_layers=2, n_heads=4, n_kv_heads=2, mlp_hidden_size=160,
+                      vocab_size=512, max_sequence_length=256, mask_token_id=7,
+                      eos_token_id=300, rope_theta=10000.0)
+    return save_random_checkpoint(tmp_path_factory.mktemp("gqa"), cfg, seed=3,
+                                  dtype=torch.float16, shards=1)
