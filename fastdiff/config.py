@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 REMASKING = ("low_confidence", "random")
+CACHES = ("none", "prefix", "dual")
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
@@ -136,6 +137,11 @@ class GenerationConfig:
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
     seed: Optional[int] = None
+    # Fast-dLLM (dllm-spec.md section 4)
+    cache: str = "none"
+    threshold: Optional[float] = None
+    factor: Optional[float] = None
+    stop_at_eos: bool = False
 
     def __post_init__(self) -> None:
         for name in ("gen_length", "steps", "block_length"):
@@ -145,16 +151,21 @@ class GenerationConfig:
         if self.gen_length % self.block_length:
             _fail("gen_length", self.gen_length,
                   f"must be a multiple of block_length={self.block_length}")
-        if self.steps > self.gen_length:
-            _fail("steps", self.steps, f"must be <= gen_length={self.gen_length} "
-                  "(each step commits at least one token)")
-        if self.steps % self.num_blocks:
-            _fail("steps", self.steps, f"must be a multiple of the number of blocks "
-                  f"gen_length/block_length={self.num_blocks}")
+        self._check_parallel()
+        if self.uses_steps:  # with a threshold or a factor, steps is not used
+            if self.steps > self.gen_length:
+                _fail("steps", self.steps, f"must be <= gen_length={self.gen_length} "
+                      "(each step commits at least one token)")
+            if self.steps % self.num_blocks:
+                _fail("steps", self.steps, f"must be a multiple of the number of blocks "
+                      f"gen_length/block_length={self.num_blocks}")
         if not isinstance(self.temperature, (int, float)) or not self.temperature >= 0:
             _fail("temperature", self.temperature, "must be a number >= 0 (0 = greedy)")
         if not isinstance(self.cfg_scale, (int, float)) or not self.cfg_scale >= 0:
             _fail("cfg_scale", self.cfg_scale, "must be a number >= 0 (0 = no guidance)")
+        if self.cfg_scale > 0 and self.cache != "none":
+            _fail("cfg_scale", self.cfg_scale, "guidance needs cache='none' (the unconditional "
+                  "branch has no KV cache)")
         if self.remasking not in REMASKING:
             _fail("remasking", self.remasking, f"allowed values are {list(REMASKING)}")
         for name in ("logits_eos_inf", "confidence_eos_eot_inf"):
@@ -163,6 +174,25 @@ class GenerationConfig:
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
                                       or not 0 <= self.seed < 2**63):
             _fail("seed", self.seed, "must be None or an integer in [0, 2**63)")
+
+    def _check_parallel(self) -> None:
+        if self.cache not in CACHES:
+            _fail("cache", self.cache, f"allowed values are {list(CACHES)}")
+        if self.threshold is not None and self.factor is not None:
+            _fail("threshold", self.threshold, "threshold and factor are exclusive: set one")
+        if self.threshold is not None and (isinstance(self.threshold, bool) or not isinstance(
+                self.threshold, (int, float)) or not 0 < self.threshold <= 1):
+            _fail("threshold", self.threshold, "must be a number in (0, 1] (typical 0.9)")
+        if self.factor is not None and (isinstance(self.factor, bool) or not isinstance(
+                self.factor, (int, float)) or not self.factor > 0):
+            _fail("factor", self.factor, "must be a number > 0 (typical 1.0)")
+        if not isinstance(self.stop_at_eos, bool):
+            _fail("stop_at_eos", self.stop_at_eos, "must be True or False")
+
+    @property
+    def uses_steps(self) -> bool:
+        """The fixed top-k schedule (no threshold, no factor) is the only one that uses steps."""
+        return self.threshold is None and self.factor is None
 
     @property
     def num_blocks(self) -> int:

@@ -9,8 +9,9 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .config import GenerationConfig, ModelConfig
-from .decoding.loop import denoise
-from .decoding.policies import Scorer, TopKSchedule
+from .decoding.cache import KVStore, make_strategy
+from .decoding.loop import Request, denoise
+from .decoding.policies import Scorer, make_policy
 from .decoding.state import DecodeState
 from .models.llada import LLaDAModel
 from .models.loader import load_checkpoint
@@ -75,7 +76,7 @@ class Engine:
     """A loaded model ready to decode. Build with Engine.from_pretrained(path)."""
 
     def __init__(self, model: LLaDAModel, tokenizer: Optional[Tokenizer], *, backend: str,
-                 max_batch_size: int = 64, max_seq_len: Optional[int] = None) -> None:
+                 max_batch_size: int = 16, max_seq_len: Optional[int] = None) -> None:
         self.model = model
         self.config: ModelConfig = model.config
         self.tokenizer = tokenizer
@@ -85,11 +86,20 @@ class Engine:
         self.max_seq_len = min(max_seq_len or self.config.max_sequence_length,
                                self.config.max_sequence_length)
         self.eot_id = tokenizer.eot_token_id if tokenizer is not None else None
+        self._store: Optional[KVStore] = None  # allocated at the first cached request
+
+    def kv_store(self) -> KVStore:
+        """The engine's KV cache, [layers, 2, max_batch_size, kv_heads, max_seq_len, head_dim]."""
+        if self._store is None:
+            c = self.config
+            self._store = KVStore(c.n_layers, self.max_batch_size, c.n_kv_heads, self.max_seq_len,
+                                  c.head_dim, dtype=self.model.dtype, device=self.model.device)
+        return self._store
 
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], *, device: Union[str, torch.device] = "auto",
                         dtype: Union[str, torch.dtype] = "auto", backend: str = "auto",
-                        graphs: Union[str, bool] = "auto", max_batch_size: int = 64,
+                        graphs: Union[str, bool] = "auto", max_batch_size: int = 16,
                         max_seq_len: Optional[int] = None) -> "Engine":
         """Load a local LLaDA checkpoint folder. auto: cuda if available; bf16 on CUDA, fp32 on
         CPU; the triton backend on CUDA, torch on CPU."""
@@ -166,10 +176,21 @@ class Engine:
         state = DecodeState.from_prompts(ids, gen.gen_length, mask_id=self.config.mask_token_id,
                                          pad_id=self.config.pad_token_id,
                                          seeds=[seed] * len(ids), device=self.model.device)
-        scorer = Scorer.from_config(gen, self.config.eos_token_id, self.eot_id)
-        denoise(self.model, self.ops, state, scorer, TopKSchedule(gen.steps_per_block),
-                block_length=gen.block_length, cfg_scale=float(gen.cfg_scale))
+        denoise(self.model, self.ops, state, self._request(gen))
         return self._completions(state)
+
+    def _request(self, gen: GenerationConfig) -> Request:
+        strategy = make_strategy(gen.cache)
+        eos = self.config.eos_token_id
+        stop_ids = None
+        if gen.stop_at_eos:
+            ids = [eos] + ([self.eot_id] if self.eot_id is not None else [])
+            stop_ids = torch.tensor(ids, dtype=torch.int64, device=self.model.device)
+        return Request(scorer=Scorer.from_config(gen, eos, self.eot_id), policy=make_policy(gen),
+                       strategy=strategy,
+                       store=self.kv_store() if strategy.needs_store else None,
+                       block_length=gen.block_length, cfg_scale=float(gen.cfg_scale),
+                       stop_ids=stop_ids, eos_id=eos)
 
     def _completions(self, state: DecodeState) -> list[Completion]:
         full = state.generated().tolist()  # the one device-to-host copy, after the loop

@@ -125,3 +125,137 @@ def generate(weights, cfg, prompt, attention_mask=None, *, steps=128, gen_length
                 x[j, idx] = x0[j, idx]
             step += 1
     return x, nfe
+
+
+# ------------------------------------------------------------------ section 4: Fast-dLLM
+
+
+def llada_logits_kv(weights, cfg, x, lo, hi, stored=None, mode="none"):
+    """One row. Feed x[lo:hi] (positions lo..hi-1) through the model.
+
+    mode "none": attend to the fed tokens only (lo = 0, hi = len(x): a full forward).
+    mode "prefix": attend to stored K/V of positions [0, lo) plus the fed tokens' own.
+    mode "dual": attend to stored K/V of [0, lo) and [hi, L) plus the fed tokens' own.
+    stored: per layer (K [L, Hkv, hd], V) as computed by the block-start full forward.
+    Returns logits [hi - lo, vocab] float64 and the fed tokens' per-layer (K, V) (after RoPE)."""
+    W = {k: v.double() for k, v in weights.items()}
+    d, H = cfg["d_model"], cfg["n_heads"]
+    Hkv = cfg.get("n_kv_heads") or H
+    hd, eps = d // H, cfg["rms_norm_eps"]
+    S = hi - lo
+    pos = torch.arange(lo, hi).double()  # absolute positions
+    inv_freq = cfg["rope_theta"] ** (-torch.arange(0, hd, 2).double() / hd)
+    ang = torch.cat([pos[:, None] * inv_freq] * 2, -1)
+    cos, sin = ang.cos()[:, None], ang.sin()[:, None]  # [S, 1, hd]
+    h = W[P + "wte.weight"][x[lo:hi]]
+    fed = []
+    for i in range(cfg["n_layers"]):
+        w = lambda n: W[f"{P}blocks.{i}.{n}.weight"]  # noqa: E731
+        n = rms_norm(h, w("attn_norm"), eps)
+        q = (n @ w("q_proj").T).view(S, H, hd)
+        k = (n @ w("k_proj").T).view(S, Hkv, hd)
+        v = (n @ w("v_proj").T).view(S, Hkv, hd)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        fed.append((k, v))
+        if mode == "none":
+            K, V = k, v
+        elif mode == "prefix":
+            K, V = torch.cat([stored[i][0][:lo], k]), torch.cat([stored[i][1][:lo], v])
+        elif mode == "dual":
+            K = torch.cat([stored[i][0][:lo], k, stored[i][0][hi:]])
+            V = torch.cat([stored[i][1][:lo], v, stored[i][1][hi:]])
+        else:
+            raise ValueError(mode)
+        K, V = K.double().repeat_interleave(H // Hkv, 1), V.double().repeat_interleave(H // Hkv, 1)
+        s = torch.einsum("qhd,khd->hqk", q, K) / math.sqrt(hd)  # bidirectional: no mask
+        a = torch.einsum("hqk,khd->qhd", s.softmax(-1), V).reshape(S, d)
+        h = h + a @ w("attn_out").T
+        m = rms_norm(h, w("ff_norm"), eps)
+        g = m @ w("ff_proj").T
+        h = h + (g * torch.sigmoid(g) * (m @ w("up_proj").T)) @ w("ff_out").T
+    h = rms_norm(h, W[P + "ln_f.weight"], eps)
+    return (h @ W[P + "ff_out.weight"].T)[..., : cfg["vocab_size"]], fed
+
+
+def generate_fast(weights, cfg, prompt, *, gen_length, block_length, steps=None, threshold=None,
+                  factor=None, cache="none", stop_at_eos=False, temperature=0.0,
+                  remasking="low_confidence", logits_eos_inf=False,
+                  confidence_eos_eot_inf=False, eot_id=None, uniform=None):
+    """ONE prompt (a list of ids) -> (generated ids [gen_length], nfe), per dllm-spec section 4.
+
+    Fixed schedule when threshold and factor are None (steps per block as in section 3);
+    threshold: commit masked in-block positions with conf >= tau plus the most confident one;
+    factor: commit the largest prefix of descending confidences with c_i >= 1 - f / (i + 1).
+    cache "prefix" / "dual": the block-start forward is a full one and stores every position's
+    K/V; further steps of the block feed x[block_start:] (prefix) or the block only (dual).
+    stop_at_eos: once an EOS/EoT is committed with everything before it committed, the rest
+    of the row becomes EOS and decoding ends. `uniform(kind, step, shape)` as in `generate`,
+    with shape [1, L, V] for "gumbel" and [1, L] for "random"."""
+    mask_id, eos_id = cfg["mask_token_id"], cfg["eos_token_id"]
+    stop_ids = [eos_id] + ([eot_id] if eot_id is not None else [])
+    if uniform is None:
+        uniform = lambda kind, step, shape: torch.rand(shape, dtype=torch.float64)  # noqa: E731
+    Pl = len(prompt)
+    x = torch.tensor(list(prompt) + [mask_id] * gen_length)
+    L = len(x)
+    nfe = 0
+    fixed = threshold is None and factor is None
+    spb = steps // (gen_length // block_length) if fixed else None
+
+    def predict(lo, hi, stored, mode):
+        nonlocal nfe
+        logits, fed = llada_logits_kv(weights, cfg, x, lo, hi, stored, mode)
+        logits = logits.clone()
+        step = nfe
+        nfe += 1
+        if logits_eos_inf:
+            logits[:, eos_id] = float("-inf")
+        if temperature == 0:
+            x0 = logits.argmax(-1)
+        else:
+            u = uniform("gumbel", step, (1, L, logits.shape[-1]))[0, lo:hi].double()
+            x0 = (logits.exp() / (-torch.log(u)) ** temperature).argmax(-1)
+        if remasking == "low_confidence":
+            conf = logits.softmax(-1).gather(-1, x0[:, None])[:, 0]
+        else:
+            conf = uniform("random", step, (1, L))[0, lo:hi].double()
+        if confidence_eos_eot_inf:
+            special = torch.tensor([int(t) in stop_ids for t in x0])
+            conf = torch.where(special, torch.full_like(conf, -1.0), conf)
+        return x0, conf, fed
+
+    for nb in range(gen_length // block_length):
+        b0, b1 = Pl + nb * block_length, Pl + (nb + 1) * block_length
+        if fixed:
+            k_sched = num_transfer_tokens((x[None, b0:b1] == mask_id), spb)[0]
+        stored, i = None, 0
+        while (x[b0:b1] == mask_id).any() and (not fixed or i < spb):
+            if cache == "none" or i == 0:
+                lo, hi, mode = 0, L, "none"
+            else:
+                lo, hi, mode = b0, (L if cache == "prefix" else b1), cache
+            x0, conf, fed = predict(lo, hi, stored, mode)
+            if cache != "none" and i == 0:
+                stored = fed  # every position's K/V, from the block-start forward
+            # confidences of the block's masked positions, by absolute position
+            cands = [(float(conf[p - lo]), p) for p in range(b0, b1) if x[p] == mask_id]
+            cands.sort(key=lambda cp: (-cp[0], cp[1]))  # most confident first, ties: lowest pos
+            if fixed:
+                chosen = cands[: int(k_sched[i])]
+            elif threshold is not None:
+                chosen = [cands[0]] + [cp for cp in cands[1:] if cp[0] >= threshold]
+            else:
+                n = 1
+                while n < len(cands) and cands[n][0] >= 1 - factor / (n + 2):
+                    n += 1  # cands[n] is c_(n+1): condition c_i >= 1 - f / (i + 1)
+                chosen = cands[:n]
+            for _, p in chosen:
+                x[p] = x0[p - lo]
+            i += 1
+            if stop_at_eos:
+                gen = x[Pl:].tolist()
+                first = next((j for j, t in enumerate(gen) if t in stop_ids), None)
+                if first is not None and mask_id not in gen[:first]:
+                    x[Pl + first + 1:] = eos_id
+                    return x[Pl:].tolist(), nfe
+    return x[Pl:].tolist(), nfe

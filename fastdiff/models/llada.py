@@ -62,20 +62,26 @@ class LLaDAModel:
         return self.wte.dtype
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_start: torch.Tensor, kv_end: torch.Tensor) -> torch.Tensor:
+                kv_start: torch.Tensor, kv_end: torch.Tensor, kv_hook=None) -> torch.Tensor:
         """input_ids, positions [B, S] int64; row b attends keys [kv_start_b, kv_end_b)
-        -> hidden states after ln_f [B, S, d] in the model dtype."""
+        -> hidden states after ln_f [B, S, d] in the model dtype.
+
+        kv_hook(layer, k, v) -> (k, v, kv_start, kv_end), given the fed tokens' k (after RoPE)
+        and v [B, S, Hkv, hd], returns the keys/values to attend to (a KV cache strategy)."""
         cfg, ops = self.config, self.ops
         B, S = input_ids.shape
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         cos, sin = ops.rope_cos_sin(positions, hd, cfg.rope_theta)  # [B, S, hd] fp32
         x = self.wte[input_ids]  # [B, S, d]
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             n = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
             q = ops.apply_rope((n @ layer.q_proj.T).view(B, S, H, hd), cos, sin)
             k = ops.apply_rope((n @ layer.k_proj.T).view(B, S, Hkv, hd), cos, sin)
             v = (n @ layer.v_proj.T).view(B, S, Hkv, hd)
-            a = ops.attention(q, k, v, kv_start, kv_end).reshape(B, S, H * hd)
+            ks, ke = kv_start, kv_end
+            if kv_hook is not None:
+                k, v, ks, ke = kv_hook(i, k, v)
+            a = ops.attention(q, k, v, ks, ke).reshape(B, S, H * hd)
             h = x + a @ layer.attn_out.T
             m = ops.rms_norm(h, layer.ff_norm, cfg.rms_norm_eps)
             x = h + ops.silu_mul(m @ layer.ff_proj.T, m @ layer.up_proj.T) @ layer.ff_out.T

@@ -99,3 +99,33 @@ class TorchOps:
         pos = block_start[:, None].long() + torch.arange(Lb, device=x.device)[None]
         x.scatter_(1, pos, torch.where(commit, x0.to(x.dtype), x.gather(1, pos)))
         return commit
+
+    @staticmethod
+    def select_threshold_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
+                                block_start: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        """Commit every finite conf >= tau[b] plus the row's single most confident position
+        (lowest index among ties). x [B, L] in place; returns the commit mask [B, Lb]."""
+        Lb = conf.shape[1]
+        finite = conf > float("-inf")
+        best = conf.argmax(1, keepdim=True)  # first maximum
+        top = torch.zeros_like(finite).scatter_(1, best, True) & finite
+        commit = top | (finite & (conf >= tau[:, None]))
+        pos = block_start[:, None].long() + torch.arange(Lb, device=x.device)[None]
+        x.scatter_(1, pos, torch.where(commit, x0.to(x.dtype), x.gather(1, pos)))
+        return commit
+
+    @staticmethod
+    def select_factor_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
+                             block_start: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """Sort finite confidences descending c_1 >= c_2 >= ... (ties: lowest index first) and
+        commit the largest prefix with c_i >= 1 - f / (i + 1); c_1 always. Returns the mask."""
+        Lb = conf.shape[1]
+        srt = torch.sort(conf, dim=1, descending=True, stable=True)
+        i = torch.arange(1, Lb + 1, device=conf.device, dtype=torch.float32)[None]  # 1-based
+        ok = (srt.values >= 1 - factor[:, None].float() / (i + 1)) & (srt.values > float("-inf"))
+        ok[:, 0] = srt.values[:, 0] > float("-inf")
+        keep = ok.to(torch.int32).cumprod(1).bool()  # the prefix up to the first failure
+        commit = torch.zeros_like(keep).scatter_(1, srt.indices, keep)
+        pos = block_start[:, None].long() + torch.arange(Lb, device=x.device)[None]
+        x.scatter_(1, pos, torch.where(commit, x0.to(x.dtype), x.gather(1, pos)))
+        return commit
