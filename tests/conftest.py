@@ -23,9 +23,10 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
-    """Writer checkpoint: tiny preset (MASK 1020, EOS 1017), 2 bf16 shards + index, tokenizer."""
+    """Writer checkpoint: tiny preset (MASK 1020, EOS 1017), 2 bf16 shards + index, tokenizer;
+    EOS raised to ~10% of a masked probe's argmaxes so EOS-dependent rules are exercised."""
     return save_random_checkpoint(tmp_path_factory.mktemp("tiny"), ModelConfig.preset("tiny"),
-                                  seed=0, dtype=torch.bfloat16, shards=2)
+                                  seed=0, dtype=torch.bfloat16, shards=2, eos_rate=0.1)
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ def test_round_trip_sharded_bf16_to_fp32(tiny_ckpt):
     assert all(t.dtype == torch.bfloat16 for t in on_disk.values())
     ck = load_checkpoint(tiny_ckpt, dtype=torch.float32)
     assert ck.model.dtype == torch.float32
-    expected = random_weights(ck.config, seed=0, dtype=torch.bfloat16)
+    expected = random_weights(ck.config, seed=0, dtype=torch.bfloat16, eos_rate=0.1)
     assert set(on_disk) == set(expected)
     for name, t in expected.items():
         assert torch.equal(on_disk[name], t), name

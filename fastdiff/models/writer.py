@@ -10,12 +10,14 @@ import json
 import math
 import random
 from pathlib import Path
+
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ..config import ModelConfig
+from ..ops.reference import philox4x32
 from .llada import PREFIX, weight_shapes
 
 SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>",
@@ -36,33 +38,80 @@ _SEED_TEXT = (
     "The quick brown fox jumps over the lazy dog while the engine decodes tokens in parallel.")
 
 
-def random_weights(config: ModelConfig, *, seed: int = 0,
-                   dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Official LLaDA names -> peaked random tensors (CPU, drawn in fp32, cast to dtype)."""
-    g = torch.Generator().manual_seed(seed)
-    head_std, eos_gain = 6.0, min(1.1 + 1.6 * config.n_layers, 8.0)  # tuned on tiny, small
-    d, m = config.d_model, config.mlp_hidden_size
-    scale = {"attn_norm": 0.0, "ff_norm": 0.0, "q_proj": 1.6 / math.sqrt(d),
-             "k_proj": 1.6 / math.sqrt(d), "v_proj": 1.0 / math.sqrt(d),
-             "attn_out": 1.5 / math.sqrt(d), "ff_proj": 1.0 / math.sqrt(d),
-             "up_proj": 1.0 / math.sqrt(d), "ff_out": 0.5 / math.sqrt(m)}
-    out = {}
-    for name, shape in weight_shapes(config).items():
-        short = name.rsplit(".", 2)[-2]
-        if name == PREFIX + "wte.weight":
-            t = wte = torch.randn(shape, generator=g)
-        elif name == PREFIX + "ff_out.weight":  # LM head
-            t = torch.randn(shape, generator=g) * (head_std / math.sqrt(d))  # logit std head_std
-            # EOS aligned with the MASK embedding: it wins where a position sees little context
-            # (a few to a few tens of percent of masked positions), like a trained model's tail.
-            t[config.eos_token_id] = eos_gain * head_std / d * wte[config.mask_token_id]
-            t[config.mask_token_id] = 0.0  # MASK is never predicted
-        elif short in ("attn_norm", "ff_norm", "ln_f"):
-            t = torch.ones(shape)
-        else:
-            t = torch.randn(shape, generator=g) * scale[short]
-        out[name] = t.to(dtype)
+def philox_normal(seed: int, stream: int, n: int, device, chunk: int = 1 << 22) -> torch.Tensor:
+    """n standard normals (fp32) from counter-based Philox + Box-Muller: the same values on any
+    device (up to last-ulp differences of log/cos), so random weights can be drawn directly on
+    a GPU and still equal the writer's. Counter = (index low, index high, stream, 0x5EED)."""
+    out = torch.empty(n, dtype=torch.float32, device=device)
+    key = torch.tensor(seed, dtype=torch.int64, device=device)
+    for s in range(0, n, chunk):
+        idx = torch.arange(s, min(n, s + chunk), dtype=torch.int64, device=device)
+        r0, r1, _, _ = philox4x32(idx & 0xFFFFFFFF, idx >> 32, stream, 0x5EED,
+                                  key & 0xFFFFFFFF, key >> 32)
+        u1 = ((r0 >> 8).float() + 0.5) * 2.0 ** -24  # (0, 1)
+        u2 = (r1 >> 8).float() * 2.0 ** -24  # [0, 1)
+        out[s:s + len(idx)] = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
     return out
+
+
+def random_weights(config: ModelConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                   device: str | torch.device = "cpu",
+                   eos_rate: float = 0.03) -> dict[str, torch.Tensor]:
+    """Official LLaDA names -> peaked random tensors, drawn on `device` (tensor by tensor, in
+    fp32 then cast to dtype). Same seed, same weights on any device. eos_rate: the share of a
+    fully masked probe's positions where EOS is the argmax (tests raise it to exercise EOS)."""
+    head_std = 6.0
+    d, m = config.d_model, config.mlp_hidden_size
+    scale = {"q_proj": 1.6 / math.sqrt(d), "k_proj": 1.6 / math.sqrt(d),
+             "v_proj": 1.0 / math.sqrt(d), "attn_out": 1.5 / math.sqrt(d),
+             "ff_proj": 1.0 / math.sqrt(d), "up_proj": 1.0 / math.sqrt(d),
+             "ff_out": 0.5 / math.sqrt(m)}
+    out = {}
+    for stream, (name, shape) in enumerate(weight_shapes(config).items()):
+        short = name.rsplit(".", 2)[-2]
+        if short in ("attn_norm", "ff_norm", "ln_f"):
+            out[name] = torch.ones(shape, dtype=dtype, device=device)
+            continue
+        t = philox_normal(seed, stream, math.prod(shape), device).view(shape)
+        if name == PREFIX + "ff_out.weight":  # LM head, logit std head_std
+            t *= head_std / math.sqrt(d)
+            t[config.mask_token_id] = 0.0  # MASK is never predicted
+        elif name != PREFIX + "wte.weight":
+            t *= scale[short]
+        out[name] = t.to(dtype)
+        del t
+    _set_eos_row(config, out, seed, eos_rate)
+    return out
+
+
+def _set_eos_row(config: ModelConfig, weights: dict[str, torch.Tensor], seed: int,
+                 target: float = 0.03) -> None:
+    """EOS row = g * (MASK embedding direction): EOS wins where a masked position sees little
+    context, like a trained model's tail. g is calibrated by a probe forward (fp32, or the
+    weights' dtype for models over 1e9 parameters) so EOS is the argmax at ~`target` of the
+    masked positions of a fixed probe batch."""
+    from ..ops.torch_backend import TorchOps
+    from .llada import LLaDAModel
+    head, wte = weights[PREFIX + "ff_out.weight"], weights[PREFIX + "wte.weight"]
+    direction = wte[config.mask_token_id].float() / config.d_model
+    small = sum(w.numel() for w in weights.values()) < 1e9
+    model = LLaDAModel(config, {k: v.float() for k, v in weights.items()} if small else weights,
+                       TorchOps())
+    B, P, G = 4, 16, 48
+    ids = (philox_normal(seed, 1 << 20, B * P, wte.device).abs() * 1e4).long() % config.vocab_size
+    ids = torch.where(ids == config.mask_token_id, 0, ids).view(B, P)
+    x = torch.cat([ids, torch.full((B, G), config.mask_token_id, device=wte.device)], 1)
+    pos = torch.arange(P + G, device=wte.device).expand(B, -1)
+    start = torch.zeros(B, dtype=torch.int32, device=wte.device)
+    h = model.forward(x, pos, start, start + P + G)[:, P:].reshape(B * G, -1).float()
+    others = h @ model.lm_head.float().T
+    others[:, [config.eos_token_id, config.mask_token_id]] = float("-inf")
+    best_other = others[:, : config.vocab_size].max(-1).values  # [N]
+    e = h @ direction.to(h.device)  # EOS logit per unit gain
+    need = torch.where(e > 0, best_other / e.clamp(min=1e-6), torch.full_like(e, float("inf")))
+    k = max(1, int(target * need.numel()))
+    gain = float(need.sort().values[k - 1]) * 1.0001 if torch.isfinite(need).sum() >= k else 0.0
+    head[config.eos_token_id] = (gain * direction).to(head.dtype)
 
 
 def _corpus(n_words: int = 6000, seed: int = 0) -> list[str]:
@@ -121,14 +170,14 @@ def build_tokenizer(config: ModelConfig, seed: int = 0) -> HFTokenizer:
 
 def save_random_checkpoint(path: str | Path, config: ModelConfig, *, seed: int = 0,
                            dtype: torch.dtype = torch.bfloat16, shards: int = 2,
-                           tokenizer: bool = True) -> Path:
+                           tokenizer: bool = True, eos_rate: float = 0.03) -> Path:
     """Write config.json, safetensors (sharded with an index when shards > 1), tokenizer.json and
     tokenizer_config.json to `path` (created). Returns the folder."""
     if shards < 1:
         raise ValueError(f"shards={shards} is invalid: expected >= 1")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    weights = random_weights(config, seed=seed, dtype=dtype)
+    weights = random_weights(config, seed=seed, dtype=dtype, eos_rate=eos_rate)
     with open(path / "config.json", "w", encoding="utf-8") as f:
         json.dump(config.to_dict(), f, indent=2)
     names = list(weights)

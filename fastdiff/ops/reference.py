@@ -65,19 +65,16 @@ _M32 = 0xFFFFFFFF
 
 
 def _mulhilo32(a: int, b: torch.Tensor):
-    """32x32 -> (hi, lo) 32-bit halves, exact in int64 (b split into 16-bit halves)."""
-    b_lo, b_hi = b & 0xFFFF, b >> 16
-    p_lo = a * b_lo  # < 2**48
-    p_hi = a * b_hi  # < 2**48
-    mid = p_hi + (p_lo >> 16)  # < 2**49
-    hi = (mid >> 16) & _M32
-    lo = (((mid & 0xFFFF) << 16) | (p_lo & 0xFFFF)) & _M32
-    return hi, lo
+    """32x32 -> (hi, lo) 32-bit halves. The int64 product may wrap (two's complement); the
+    masked halves are still exact (checked by the Random123 known-answer tests)."""
+    p = b * a
+    return (p >> 32) & _M32, p & _M32
 
 
 def philox4x32(c0, c1, c2, c3, k0, k1, rounds: int = 10):
     """Philox4x32-10 on int64 tensors holding uint32 values; same rounds as triton's tl.philox."""
-    c0, c1, c2, c3, k0, k1 = (torch.as_tensor(t, dtype=torch.int64) & _M32
+    dev = next((t.device for t in (c0, c1, c2, c3, k0, k1) if isinstance(t, torch.Tensor)), None)
+    c0, c1, c2, c3, k0, k1 = (torch.as_tensor(t, dtype=torch.int64, device=dev) & _M32
                               for t in (c0, c1, c2, c3, k0, k1))
     c0, c1, c2, c3, k0, k1 = torch.broadcast_tensors(c0, c1, c2, c3, k0, k1)
     for _ in range(rounds):
