@@ -93,7 +93,7 @@ def _head_inputs(B=3, S=10, Lb=6, d=16, V=50, seed=0):
     return hidden, row_map, W
 
 
-@pytest.mark.parametrize("mode", ["low_confidence", "random"])
+@pytest.mark.parametrize("mode", list(ref.CONF_MODES))
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
 @pytest.mark.parametrize("flags", [(False, False), (True, False), (False, True)])
 def test_lm_head_confidence_matches_reference(mode, temperature, flags):

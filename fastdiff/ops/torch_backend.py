@@ -11,6 +11,22 @@ import torch.nn.functional as F
 from . import reference as ref
 
 
+def _tempered_conf(logits: torch.Tensor, x0: torch.Tensor, mode: str, temperature: float):
+    """Dream-style confidences from softmax(logits / T) (softmax(logits) at T = 0)."""
+    logp = (logits / temperature if temperature > 0 else logits).log_softmax(-1)
+    if mode == "maskgit_plus":  # the sampled token's probability
+        return logp.gather(-1, x0[..., None])[..., 0].exp()
+    if mode == "maxprob":
+        return logp.max(-1).values.exp()
+    if mode == "margin":
+        top2 = logp.topk(2, dim=-1).values.exp()
+        return top2[..., 0] - top2[..., 1]
+    if mode == "neg_entropy":
+        p = logp.exp()
+        return (p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1)
+    raise ValueError(f"unknown confidence mode {mode!r}; allowed: {ref.CONF_MODES}")
+
+
 class TorchOps:
     """Ops a model and the denoising loop call; no host syncs in any of them."""
 
@@ -77,7 +93,7 @@ class TorchOps:
         elif mode == "random":
             conf = ref.uniform(seed[:, None], step[:, None], pos, 0, stream=1)
         else:
-            raise ValueError(f"unknown confidence mode {mode!r}; allowed: {ref.CONF_MODES}")
+            conf = _tempered_conf(logits, x0, mode, temperature)
         if eos_eot_conf:
             special = x0 == eos_id
             if eot_id is not None:

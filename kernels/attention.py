@@ -1,0 +1,215 @@
+"""Non-causal flash attention forward with GQA, strided k/v and per-row key ranges.
+
+One program per (query block, batch x head[, KV split]). Each walks its keys [lo, hi) in BLOCK_N
+tiles with an online softmax (exp2, fp32 statistics). For short query blocks (Sq <= 64, the
+block-decoding step against a long cache) the keys are split across programs so a batch-1 step
+fills the GPU; each split writes an unnormalized partial (acc, max, sum) and
+_attention_combine_kernel merges them. Semantics: fastdiff.ops.reference.attention; a row whose
+key range is empty gets zeros (the reference gives NaN)."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (32, 64, 128)
+SPLIT_MAX_SQ = 64  # split-KV path for query blocks up to this length
+
+
+@triton.jit
+def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, start_ptr, end_ptr, po_ptr, pml_ptr,
+                      Sq, H, GROUP, qk_scale, chunk,
+                      sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
+                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    lo = tl.load(start_ptr + b)
+    hi = tl.load(end_ptr + b)
+    if SPLIT:
+        pid_s = tl.program_id(2)
+        lo = tl.maximum(lo, pid_s * chunk)
+        hi = tl.minimum(hi, (pid_s + 1) * chunk)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mmask = offs_m < Sq
+    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
+                mask=mmask[:, None], other=0.0)  # [BLOCK_M, D]
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = k_ptr + b.to(tl.int64) * skb + hk * skh
+    v_base = v_ptr + b.to(tl.int64) * svb + hk * svh
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
+    n_lo = tl.where(lo < hi, (lo // BLOCK_N) * BLOCK_N, hi)  # aligned tiles, each with a valid key
+    for n0 in range(n_lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        nmask = (offs_n >= lo) & (offs_n < hi)
+        kt = tl.load(k_base + offs_n[None, :].to(tl.int64) * sks + offs_d[:, None],
+                     mask=nmask[None, :], other=0.0)  # [D, BLOCK_N]
+        v = tl.load(v_base + offs_n[:, None].to(tl.int64) * svs + offs_d[None, :],
+                    mask=nmask[:, None], other=0.0)  # [BLOCK_N, D]
+        if UPCAST:
+            kt = kt.to(tl.float32)
+            v = v.to(tl.float32)
+        if IEEE:
+            s = tl.dot(q, kt, input_precision="ieee")
+        else:
+            s = tl.dot(q, kt)
+        s = tl.where(nmask[None, :], s * qk_scale, float("-inf"))  # log2 domain
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if IEEE:
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision="ieee")
+        else:
+            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    if SPLIT:
+        row = (pid_s * tl.num_programs(1) + pid_bh).to(tl.int64) * Sq + offs_m  # [BLOCK_M]
+        tl.store(po_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=mmask[:, None])
+        tl.store(pml_ptr + row * 2, m_i, mask=mmask)
+        tl.store(pml_ptr + row * 2 + 1, l_i, mask=mmask)
+    else:
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=mmask[:, None])
+
+
+@triton.jit
+def _attention_combine_kernel(po_ptr, pml_ptr, o_ptr, Sq, H, BH, n_splits, sob, sos, soh,
+                              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    mmask = offs_m < Sq
+    m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
+    for sp in range(0, n_splits):
+        row = (sp * BH + pid_bh).to(tl.int64) * Sq + offs_m
+        pm = tl.load(pml_ptr + row * 2, mask=mmask, other=float("-inf"))
+        pl = tl.load(pml_ptr + row * 2 + 1, mask=mmask, other=0.0)
+        pa = tl.load(po_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], mask=mmask[:, None],
+                     other=0.0)
+        nm = tl.maximum(m, pm)
+        safe = tl.where(nm == float("-inf"), 0.0, nm)
+        a = tl.where(m == float("-inf"), 0.0, tl.exp2(m - safe))
+        c = tl.where(pm == float("-inf"), 0.0, tl.exp2(pm - safe))
+        l = l * a + pl * c
+        acc = acc * a[:, None] + pa * c[:, None]
+        m = nm
+    out = acc / tl.where(l > 0, l, 1.0)[:, None]
+    tl.store(o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=mmask[:, None])
+
+
+# ----------------------------------------------------------------------------- launcher
+
+
+def pick_config(Sq: int, D: int, dtype: torch.dtype) -> dict:
+    """Tile sizes, warps and pipelining depth for a query length and head dim."""
+    if Sq <= SPLIT_MAX_SQ:
+        block_m = max(16, triton.next_power_of_2(Sq))
+    else:
+        block_m = 128 if D <= 64 and dtype != torch.float32 else 64
+    block_n = 32 if dtype == torch.float32 and D == 128 else 64
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 8 if block_m == 128 else 4,
+            "num_stages": 2 if dtype == torch.float32 else 3}
+
+
+def launch_configs():
+    """(dtype, head_dim, split, config) for every choice pick_config / the launcher can make."""
+    out = []
+    for dt in (torch.float32, torch.float16, torch.bfloat16):
+        for D in HEAD_DIMS:
+            for sq in (16, 32, 64):
+                for split in (False, True):
+                    out.append((dt, D, split, pick_config(sq, D, dt)))
+            big = (dt, D, False, pick_config(SPLIT_MAX_SQ + 1, D, dt))
+            if big not in out:
+                out.append(big)
+    return out
+
+
+def _num_splits(n_programs: int, Skv: int, block_n: int, device: torch.device) -> int:
+    """Enough KV splits that a short query block gives about two programs per SM."""
+    n_kv_tiles = triton.cdiv(Skv, block_n)
+    if device.type == "cuda":
+        target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 2
+    return max(1, min(n_kv_tiles, target // max(1, n_programs)))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_start: torch.Tensor,
+              kv_end: torch.Tensor, *, num_splits: Optional[int] = None) -> torch.Tensor:
+    """q [B, Sq, H, D], k/v [B, Skv, Hkv, D] (H % Hkv == 0, any strides with the last dim
+    contiguous), kv_start/kv_end int32 [B] -> out [B, Sq, H, D] in q.dtype: row b attends to keys
+    [start_b, end_b) without a causal mask. num_splits overrides the KV split count (Sq <= 64)."""
+    if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
+        raise ValueError(f"expected q [B, Sq, H, D], k/v [B, Skv, Hkv, D]; got q "
+                         f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    B, Sq, H, D = q.shape
+    _, Skv, Hkv, _ = k.shape
+    if k.shape[0] != B or k.shape[3] != D or Hkv < 1 or H % Hkv:
+        raise ValueError(f"q {tuple(q.shape)} and k/v {tuple(k.shape)} disagree (batch, "
+                         f"head_dim, or H not a multiple of Hkv)")
+    if D not in HEAD_DIMS:
+        raise ValueError(f"head_dim {D} unsupported; supported: {HEAD_DIMS}")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16) or k.dtype != q.dtype \
+            or v.dtype != q.dtype:
+        raise ValueError(f"q/k/v must share one of fp32/fp16/bf16, got {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}")
+    if q.stride(3) != 1 or k.stride(3) != 1 or v.stride(3) != 1:
+        raise ValueError("q, k and v need a contiguous last (head_dim) dimension")
+    for name, t in (("kv_start", kv_start), ("kv_end", kv_end)):
+        if t.shape != (B,) or t.dtype != torch.int32 or t.device != q.device:
+            raise ValueError(f"{name} must be int32 [B={B}] on {q.device}, got {t.dtype} "
+                             f"{tuple(t.shape)} on {t.device}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    out = torch.empty((B, Sq, H, D), dtype=q.dtype, device=q.device)
+    if B == 0 or Sq == 0:
+        return out
+    cfg = pick_config(Sq, D, q.dtype)
+    bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
+    grid_m = triton.cdiv(Sq, bm)
+    splits = 1
+    if Sq <= SPLIT_MAX_SQ:
+        splits = num_splits if num_splits is not None else \
+            _num_splits(grid_m * B * H, Skv, bn, q.device)
+    chunk = triton.cdiv(triton.cdiv(max(Skv, 1), splits), bn) * bn  # keys per split
+    splits = max(1, triton.cdiv(Skv, chunk))
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    qk_scale = LOG2E / math.sqrt(D)
+    if splits > 1:
+        po = torch.empty((splits, B * H, Sq, D), dtype=torch.float32, device=q.device)
+        pml = torch.empty((splits, B * H, Sq, 2), dtype=torch.float32, device=q.device)
+    else:
+        po = pml = out
+    _attention_kernel[(grid_m, B * H, splits)](
+        q, k, v, out, kv_start, kv_end, po, pml, Sq, H, H // Hkv, qk_scale, chunk,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, SPLIT=splits > 1,
+        UPCAST=interpret, IEEE=q.dtype == torch.float32 or interpret,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if splits > 1:
+        _attention_combine_kernel[(grid_m, B * H)](
+            po, pml, out, Sq, H, B * H, splits, out.stride(0), out.stride(1), out.stride(2),
+            HEAD_DIM=D, BLOCK_M=bm, num_warps=4)
+    return out
