@@ -1,4 +1,4 @@
-"""Command line: `fastdiff generate | demo | write-random`."""
+"""Command line: `fastdiff generate | demo | bench | write-random`."""
 from __future__ import annotations
 
 import argparse
@@ -91,6 +91,31 @@ def cmd_write_random(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench.report import write_results
+    from .bench.runner import default_plan, run_plan
+    from .engine import resolve_device, resolve_dtype
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    plan = default_plan(args.preset, device, quick=args.quick)
+    if args.systems:
+        plan.systems = tuple(args.systems.split(","))
+    if args.caches:
+        plan.caches = tuple(args.caches.split(","))
+    if args.repeats:
+        plan.repeats = args.repeats
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else (
+        Path("benches/results") if Path("benches").is_dir() else Path("fastdiff-bench-results"))
+    rows = run_plan(plan, device=device, dtype=dtype, seed=args.seed)
+    files = write_results(rows, out, stem=args.stem)
+    print(f"[bench] {len(rows)} rows -> " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastdiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +132,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--shards", type=int, default=2)
     w.set_defaults(func=cmd_write_random)
+    b = sub.add_parser("bench", help="end-to-end benchmarks vs the reference loop and AR")
+    b.add_argument("--preset", default="tiny", choices=["tiny", "small", "llada-8b"])
+    b.add_argument("--device", default="auto")
+    b.add_argument("--dtype", default="auto")
+    b.add_argument("--out", default=None, help="output folder (default benches/results/)")
+    b.add_argument("--stem", default="results", help="file name stem of the result files")
+    b.add_argument("--quick", action="store_true", help="a reduced grid (GPU presets)")
+    b.add_argument("--systems", default=None,
+                   help="comma list of fastdiff,reference_loop,ar_static_cache,hf_llama")
+    b.add_argument("--caches", default=None, help="comma list of none,prefix,dual")
+    b.add_argument("--repeats", type=int, default=None)
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -117,6 +117,23 @@ class Engine:
         return cls(ckpt.model, ckpt.tokenizer, backend=be, max_batch_size=max_batch_size,
                    max_seq_len=max_seq_len)
 
+    @classmethod
+    def from_config(cls, config: ModelConfig, *, seed: int = 0,
+                    device: Union[str, torch.device] = "auto",
+                    dtype: Union[str, torch.dtype] = "auto", backend: str = "auto",
+                    max_batch_size: int = 16, max_seq_len: Optional[int] = None) -> "Engine":
+        """An engine with random weights drawn directly on the device (tensor by tensor, never
+        the whole model in fp32 on the CPU): the same weights as save_random_checkpoint(path,
+        config, seed=seed, dtype=dtype) up to last-ulp differences of the device's log/cos.
+        No tokenizer: prompts are token ids. For benchmarks at 8B shapes."""
+        from .models.writer import random_weights
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        be = resolve_backend(backend, dev)
+        weights = random_weights(config, seed=seed, dtype=dt, device=dev)
+        return cls(LLaDAModel(config, weights, get_ops(be)), None, backend=be,
+                   max_batch_size=max_batch_size, max_seq_len=max_seq_len)
+
     # ------------------------------------------------------------------------------ prompts
     def _encode(self, prompt: Prompt, chat: bool) -> list[int]:
         if isinstance(prompt, str):

@@ -38,11 +38,12 @@ _SEED_TEXT = (
     "The quick brown fox jumps over the lazy dog while the engine decodes tokens in parallel.")
 
 
-def philox_normal(seed: int, stream: int, n: int, device, chunk: int = 1 << 22) -> torch.Tensor:
+def philox_normal(seed: int, stream: int, n: int, device, chunk: int = 0) -> torch.Tensor:
     """n standard normals (fp32) from counter-based Philox + Box-Muller: the same values on any
     device (up to last-ulp differences of log/cos), so random weights can be drawn directly on
     a GPU and still equal the writer's. Counter = (index low, index high, stream, 0x5EED)."""
     out = torch.empty(n, dtype=torch.float32, device=device)
+    chunk = chunk or (1 << 26 if out.device.type == "cuda" else 1 << 22)
     key = torch.tensor(seed, dtype=torch.int64, device=device)
     for s in range(0, n, chunk):
         idx = torch.arange(s, min(n, s + chunk), dtype=torch.int64, device=device)

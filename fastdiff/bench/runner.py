@@ -1,0 +1,218 @@
+"""End-to-end scenarios: fastdiff modes and the baselines, measured the same way in one run.
+
+tokens/s = batch x gen_length / wall time of one generate call (after warm-up, device
+synchronized, no tokenization: prompts are token ids)."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+
+from .. import Engine, GenerationConfig, ModelConfig
+from . import env
+from .baselines import ARBaseline, HFLlamaBaseline, ReferenceLoop, llama_shape_for
+
+
+@dataclass(frozen=True)
+class Scenario:
+    batch: int
+    prompt_len: int
+    gen_length: int
+    block_length: int
+    tokens_per_step: Optional[int]  # fixed schedule; None with a threshold
+    threshold: Optional[float] = None
+
+    @property
+    def steps(self) -> int:
+        return self.gen_length // (self.tokens_per_step or 1)
+
+    @property
+    def schedule(self) -> str:
+        return f"threshold {self.threshold}" if self.threshold else f"{self.tokens_per_step} tok/step"
+
+
+@dataclass
+class Plan:
+    preset: str
+    scenarios: list[Scenario]
+    caches: tuple[str, ...] = ("none", "prefix", "dual")
+    backends: tuple[str, ...] = ("torch",)
+    systems: tuple[str, ...] = ("fastdiff", "reference_loop", "ar_static_cache", "hf_llama")
+    warmup: int = 1
+    repeats: int = 3
+    extra: dict = field(default_factory=dict)
+
+
+def default_plan(preset: str, device: torch.device, quick: bool = False) -> Plan:
+    """tiny: the CI smoke grid; small: the CPU cache measurement; llada-8b: the GPU grid."""
+    if preset == "tiny":
+        grid = [Scenario(b, 16, 32, 8, t) for b in (1, 2) for t in (1, 4)]
+        grid += [Scenario(b, 16, 32, 8, None, 0.9) for b in (1, 2)]
+        return Plan(preset, grid, warmup=1, repeats=1)  # a smoke test: no timing claims
+    if preset == "small":
+        grid = [Scenario(1, 128, 256, 32, 4), Scenario(1, 128, 256, 32, None, 0.9),
+                Scenario(1, 128, 256, 32, 1)]
+        return Plan(preset, grid, warmup=1, repeats=3)
+    backends = ("torch", "triton") if device.type == "cuda" else ("torch",)
+    if quick:
+        grid = [Scenario(1, 128, 256, 32, 4), Scenario(1, 128, 256, 32, 1)]
+        return Plan(preset, grid, backends=backends, warmup=1, repeats=2)
+    grid = [Scenario(b, 128, 256, 32, t) for b in (1, 4, 16) for t in (1, 2, 4, 8)]
+    grid += [Scenario(b, 128, 256, 32, None, 0.9) for b in (1, 4, 16)]
+    grid += [Scenario(1, 1024, 1024, 32, 4)]
+    return Plan(preset, grid, backends=backends, warmup=1, repeats=3)
+
+
+def _prompts(s: Scenario, vocab: int, mask_id: int, device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1234 + s.prompt_len)
+    ids = torch.randint(0, vocab, (s.batch, s.prompt_len), generator=g)
+    return torch.where(ids == mask_id, 0, ids).to(device)
+
+
+class _FedCounter:
+    """Counts tokens fed to the model per forward (wraps model.forward on the instance)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.tokens, self.calls = model, 0, 0
+        self._orig = model.forward
+
+    def __enter__(self):
+        def counting(input_ids, *a, **k):
+            self.tokens += input_ids.numel()
+            self.calls += 1
+            return self._orig(input_ids, *a, **k)
+        self.model.forward = counting
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward
+
+
+def _floor_ms(model, fed_per_forward: float, kv_tokens: float, bandwidth: float) -> float:
+    """Bytes a forward must read (all weights + the K/V it attends to) over the copy bandwidth."""
+    cfg = model.config
+    weight_bytes = sum(t.numel() * t.element_size() for t in
+                       [model.wte[:1], model.ln_f, model.lm_head] +
+                       [w for layer in model.layers for w in vars(layer).values()])
+    kv_bytes = kv_tokens * 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * model.wte.element_size()
+    return 1e3 * (weight_bytes + kv_bytes) / bandwidth
+
+
+def run_plan(plan: Plan, *, device: torch.device, dtype: torch.dtype, seed: int = 0,
+             log=print) -> list[dict]:
+    cfg = ModelConfig.preset(plan.preset)
+    meta = env.environment(device)
+    bandwidth = env.copy_bandwidth(device)
+    log(f"[bench] {plan.preset} on {meta['device_name']}: copy bandwidth "
+        f"{bandwidth / 1e9:.1f} GB/s; random weights (seed {seed})")
+    max_b = max(s.batch for s in plan.scenarios)
+    max_len = max(s.prompt_len + s.gen_length for s in plan.scenarios)
+    engines = {be: Engine.from_config(cfg, seed=seed, device=device, dtype=dtype, backend=be,
+                                      max_batch_size=max_b, max_seq_len=max_len)
+               for be in plan.backends}
+    model = engines[plan.backends[0]].model
+    rows = []
+    for s in plan.scenarios:
+        for system, mode, call in _systems(plan, s, engines, model, device, dtype):
+            row = _measure(system, mode, call, s, plan, model, device, bandwidth, log)
+            if row is not None:
+                row.update(meta, preset=plan.preset, random_weights=True, seed=seed,
+                           dtype=str(dtype).replace("torch.", ""), **asdict(s),
+                           schedule=s.schedule, steps=s.steps if s.tokens_per_step else None)
+                rows.append(row)
+    return _add_speedups(rows)
+
+
+def _systems(plan: Plan, s: Scenario, engines: dict, model, device, dtype):
+    """(system, mode, fn(prompts) -> (tokens, nfe list, fed counter or None)) for a scenario."""
+    for be, cache in itertools.product(plan.backends, plan.caches):
+        if "fastdiff" not in plan.systems:
+            break
+        gen = GenerationConfig(gen_length=s.gen_length, block_length=s.block_length,
+                               steps=s.steps if s.tokens_per_step else s.gen_length,
+                               threshold=s.threshold, cache=cache)
+        eng = engines[be]
+
+        def call(prompts, eng=eng, gen=gen):
+            with _FedCounter(eng.model) as fed:
+                out = eng.generate(prompts.tolist(), gen)
+            return [c.nfe for c in out], fed
+        yield "fastdiff", {"backend": be, "cache": cache, "graphs": False}, call
+    if "reference_loop" in plan.systems and s.tokens_per_step is not None:
+        ref = ReferenceLoop(model)
+
+        def call(prompts):
+            with _FedCounter(model) as fed:
+                _, nfe = ref.generate(prompts, gen_length=s.gen_length, steps=s.steps,
+                                      block_length=s.block_length)
+            return [nfe] * prompts.shape[0], fed
+        yield "reference_loop", {"backend": "torch eager", "cache": "none"}, call
+    if "ar_static_cache" in plan.systems and s.tokens_per_step in (1, None) and s.threshold is None:
+        ar = ARBaseline(model)
+
+        def call(prompts):
+            _, nfe = ar.generate(prompts, gen_length=s.gen_length)
+            return [nfe] * prompts.shape[0], None
+        yield "ar_static_cache", {"backend": "torch", "graphs": ar.use_graph}, call
+    if "hf_llama" in plan.systems and s.tokens_per_step == 1:
+        try:
+            hf = HFLlamaBaseline(llama_shape_for(model.config), device=device, dtype=dtype)
+        except ImportError:
+            return
+
+        def call(prompts):
+            _, nfe = hf.generate(prompts, gen_length=s.gen_length)
+            return [nfe] * prompts.shape[0], None
+        yield "hf_llama_generate", {"shape": "llama-3-8b" if model.config.d_model == 4096
+                                    else "preset"}, call
+
+
+def _measure(system, mode, call, s: Scenario, plan: Plan, model, device, bandwidth, log):
+    prompts = _prompts(s, model.config.vocab_size, model.config.mask_token_id, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = {}
+
+    def once():
+        result["nfe"], result["fed"] = call(prompts)
+
+    times = env.timed(once, device, warmup=plan.warmup, repeats=plan.repeats)
+    nfe = sum(result["nfe"]) / len(result["nfe"])
+    expected = s.gen_length if system in ("ar_static_cache", "hf_llama_generate") else (
+        s.steps if s.tokens_per_step else None)
+    fed = result["fed"]
+    fed_per_forward = fed.tokens / fed.calls / s.batch if fed and fed.calls else None
+    p50 = env.median(times)
+    per_fwd_ms = 1e3 * p50 / max(nfe, 1)
+    kv_tokens = s.prompt_len + s.gen_length if mode.get("cache") in ("prefix", "dual") else 0
+    floor = _floor_ms(model, fed_per_forward or 1, kv_tokens * s.batch, bandwidth)
+    row = dict(system=system, mode=mode, nfe=nfe, nfe_expected=expected,
+               nfe_note=None if expected is not None else "threshold: nfe of random weights",
+               tokens_per_s=s.batch * s.gen_length / p50, latency_p50_s=p50,
+               latency_p90_s=env.percentile(times, 0.9), repeats=len(times),
+               time_per_forward_ms=per_fwd_ms, tokens_fed_per_forward=fed_per_forward,
+               step_floor_ms=floor, floor_fraction=floor / per_fwd_ms,
+               copy_bandwidth_gbs=bandwidth / 1e9,
+               peak_mem_gb=torch.cuda.max_memory_allocated(device) / 1e9
+               if device.type == "cuda" else None, compile_s=0.0)
+    log(f"[bench] {system:18s} {str(mode):55s} {s.schedule:14s} b{s.batch}: "
+        f"{row['tokens_per_s']:9.1f} tok/s  nfe {nfe:6.1f}  p50 {p50 * 1e3:8.1f} ms")
+    return row
+
+
+def _add_speedups(rows: list[dict]) -> list[dict]:
+    """Ratios to (b) at the same schedule and at (b)'s default 1 token/step, and to (c)."""
+    def key(r):
+        return (r["batch"], r["prompt_len"], r["gen_length"], r["block_length"])
+    ref = {(key(r), r["schedule"]): r["tokens_per_s"] for r in rows if r["system"] == "reference_loop"}
+    ar = {key(r): r["tokens_per_s"] for r in rows if r["system"] == "ar_static_cache"}
+    for r in rows:
+        same = ref.get((key(r), r["schedule"]))
+        one = ref.get((key(r), "1 tok/step"))
+        a = ar.get(key(r))
+        r["speedup_vs_reference_same_schedule"] = r["tokens_per_s"] / same if same else None
+        r["speedup_vs_reference_1tok"] = r["tokens_per_s"] / one if one else None
+        r["speedup_vs_ar"] = r["tokens_per_s"] / a if a else None
+    return rows

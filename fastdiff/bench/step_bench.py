@@ -1,0 +1,50 @@
+"""One denoising step in isolation: the cached (dual) step and the full refresh forward at a
+given context, against the step's floor (weight + KV bytes read / copy bandwidth)."""
+from __future__ import annotations
+
+import torch
+
+from .. import GenerationConfig
+from ..decoding.loop import step
+from ..decoding.state import DecodeState
+from . import env
+from .runner import _floor_ms
+
+
+def time_steps(engine, *, batch: int, context: int, block_length: int = 32, warmup: int = 2,
+               repeats: int = 10) -> list[dict]:
+    """Rows for the refresh step (full forward over `context` tokens) and the dual-cache step
+    (block only, attending to the whole cached context) at the last block of a generation."""
+    cfg, dev = engine.config, engine.model.device
+    gen_length = block_length * 2
+    prompt_len = context - gen_length
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, cfg.vocab_size, (batch, prompt_len), generator=g)
+    prompts = torch.where(prompts == cfg.mask_token_id, 0, prompts).tolist()
+    gen = GenerationConfig(gen_length=gen_length, block_length=block_length,
+                           steps=gen_length, cache="dual")
+    req = engine._request(gen)
+    state = DecodeState.from_prompts(prompts, gen_length, mask_id=cfg.mask_token_id,
+                                     pad_id=cfg.pad_token_id, seeds=[0] * batch, device=dev)
+    start = prompt_len + block_length  # the last block
+    req.policy.begin_block(state, start, block_length)
+    bandwidth = env.copy_bandwidth(dev)
+    rows = []
+    with torch.inference_mode():
+        for name, i, fed, kv in (("refresh_step", 0, context, 0),
+                                 ("dual_cached_step", 1, block_length, context)):
+            x0 = state.x.clone()
+
+            def once():
+                state.x.copy_(x0)  # every repeat sees the same masked block
+                step(engine.model, engine.ops, state, req, start, i)
+            step(engine.model, engine.ops, state, req, start, 0)  # fill the cache
+            times = env.timed(once, dev, warmup=warmup, repeats=repeats)
+            ms = 1e3 * env.median(times)
+            floor = _floor_ms(engine.model, fed, kv * batch, bandwidth)
+            rows.append(dict(kind=name, batch=batch, context=context, block_length=block_length,
+                             tokens_fed=fed * batch, step_ms_p50=ms,
+                             step_ms_p90=1e3 * env.percentile(times, 0.9), floor_ms=floor,
+                             floor_fraction=floor / ms, copy_bandwidth_gbs=bandwidth / 1e9,
+                             backend=engine.backend, random_weights=True))
+    return rows

@@ -1,0 +1,97 @@
+"""The benchmark harness on the CPU (a smoke test: no speed is asserted)."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastdiff import Engine, GenerationConfig, ModelConfig
+from fastdiff.bench.baselines import ARBaseline, ReferenceLoop
+from fastdiff.bench.report import SCHEMA, update_readme
+from fastdiff.cli import main as cli_main
+from fastdiff.models import load_checkpoint, save_random_checkpoint
+
+
+def test_from_config_equals_the_writer(tmp_path):
+    cfg = ModelConfig.preset("tiny")
+    path = save_random_checkpoint(tmp_path / "c", cfg, seed=5, dtype=torch.bfloat16)
+    disk = load_checkpoint(path, dtype=torch.bfloat16).model
+    eng = Engine.from_config(cfg, seed=5, device="cpu", dtype=torch.bfloat16)
+    assert eng.tokenizer is None and eng.model.dtype == torch.bfloat16
+    assert torch.equal(eng.model.wte, disk.wte) and torch.equal(eng.model.lm_head, disk.lm_head)
+    for a, b in zip(eng.model.layers, disk.layers):
+        for name, t in vars(a).items():
+            assert torch.equal(t, getattr(b, name)), name
+
+
+@pytest.fixture(scope="module")
+def tiny_engine():
+    return Engine.from_config(ModelConfig.preset("tiny"), seed=0, device="cpu", dtype="float32")
+
+
+def test_reference_loop_is_llada_generate(tiny_engine):
+    """(b) decodes exactly what the engine decodes (same semantics, different machinery)."""
+    prompt = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    ref = ReferenceLoop(tiny_engine.model)
+    got, nfe = ref.generate(prompt, gen_length=16, steps=8, block_length=8)
+    want = tiny_engine.generate(prompt.tolist(), GenerationConfig(gen_length=16, steps=8,
+                                                                  block_length=8))
+    assert nfe == 8 and got.tolist() == [c.full_ids for c in want]
+
+
+def test_ar_baseline_is_greedy_causal_decoding(tiny_engine):
+    """(c) with its static cache equals recomputing the causal forward for every token."""
+    m = tiny_engine.model
+    prompt = torch.tensor([[5, 6, 7, 8, 9]])
+    got, nfe = ARBaseline(m).generate(prompt, gen_length=6)
+    seq = prompt.clone()
+    cfg, ops = m.config, m.ops
+    for _ in range(6):  # naive: full causal recompute, no cache
+        B, S = seq.shape
+        pos = torch.arange(S)[None]
+        cos, sin = ops.rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
+        h = m.wte[seq]
+        for L in m.layers:
+            n = ops.rms_norm(h, L.attn_norm, cfg.rms_norm_eps)
+            q = ops.apply_rope((n @ L.q_proj.T).view(B, S, cfg.n_heads, -1), cos, sin)
+            k = ops.apply_rope((n @ L.k_proj.T).view(B, S, cfg.n_kv_heads, -1), cos, sin)
+            v = (n @ L.v_proj.T).view(B, S, cfg.n_kv_heads, -1)
+            a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                               v.transpose(1, 2), is_causal=True)
+            h = h + a.transpose(1, 2).reshape(B, S, -1) @ L.attn_out.T
+            mm = ops.rms_norm(h, L.ff_norm, cfg.rms_norm_eps)
+            h = h + ops.silu_mul(mm @ L.ff_proj.T, mm @ L.up_proj.T) @ L.ff_out.T
+        nxt = m.logits(ops.rms_norm(h[:, -1], m.ln_f, cfg.rms_norm_eps)).argmax(-1)
+        seq = torch.cat([seq, nxt[:, None]], 1)
+    assert nfe == 6 and got.tolist() == seq[:, 5:].tolist()
+
+
+def test_cli_bench_tiny_cpu(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert cli_main(["bench", "--preset", "tiny", "--device", "cpu", "--out", str(out)]) == 0
+    for name in ("results.jsonl", "results.csv", "table.md", "results.png"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    systems = {(r["system"], r["mode"].get("cache")) for r in rows}
+    assert {("fastdiff", "none"), ("fastdiff", "prefix"), ("fastdiff", "dual"),
+            ("reference_loop", "none"), ("ar_static_cache", None)} <= systems
+    for r in rows:
+        assert all(k in r for k in SCHEMA), [k for k in SCHEMA if k not in r]
+        assert r["random_weights"] is True and r["device"] == "cpu"
+        if r["nfe_expected"] is not None:
+            assert r["nfe"] == r["nfe_expected"], r
+        else:
+            assert r["threshold"] == 0.9 and 0 < r["nfe"] <= r["gen_length"]
+        assert r["tokens_per_s"] > 0 and r["latency_p90_s"] >= r["latency_p50_s"]
+    assert "RANDOM weights" in (out / "table.md").read_text()
+
+
+def test_readme_performance_section_without_gpu_results(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Performance\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "cpu.jsonl").write_text(json.dumps({"device": "cpu"}) + "\n")
+    body = update_readme(readme, tmp_path / "results")
+    assert "No GPU results" in body and "performance:begin" in readme.read_text()
+    update_readme(readme, tmp_path / "results")  # idempotent: one section
+    assert readme.read_text().count("performance:begin") == 1
