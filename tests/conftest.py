@@ -1,5 +1,6 @@
 """Shared fixtures. Without CUDA, Triton kernels run under the interpreter: TRITON_INTERPRET must
 be set before any kernel module is imported, so it is set here, first."""
+import contextlib
 import os
 
 import pytest
@@ -37,3 +38,21 @@ def gqa_ckpt(tmp_path_factory):
                       eos_token_id=300, rope_theta=10000.0)
     return save_random_checkpoint(tmp_path_factory.mktemp("gqa"), cfg, seed=3,
                                   dtype=torch.float16, shards=1)
+
+
+@pytest.fixture
+def no_host_sync(monkeypatch):
+    """A context manager under which Tensor.item / tolist / __bool__ and nonzero raise."""
+    def boom(*a, **k):
+        raise AssertionError("host sync inside a decoding step")
+
+    @contextlib.contextmanager
+    def guard():
+        with monkeypatch.context() as m:
+            for name in ("item", "tolist", "__bool__", "nonzero"):
+                m.setattr(torch.Tensor, name, boom)
+            m.setattr(torch, "nonzero", boom)
+            with pytest.raises(AssertionError, match="host sync"):  # the patch is live
+                bool(torch.ones(1))
+            yield
+    return guard

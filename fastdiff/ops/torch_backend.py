@@ -27,6 +27,14 @@ def _tempered_conf(logits: torch.Tensor, x0: torch.Tensor, mode: str, temperatur
     raise ValueError(f"unknown confidence mode {mode!r}; allowed: {ref.CONF_MODES}")
 
 
+def _commit(x: torch.Tensor, x0: torch.Tensor, commit: torch.Tensor,
+            block_start: torch.Tensor) -> torch.Tensor:
+    """x[b, block_start[b] + j] = x0[b, j] where commit[b, j] (in place); returns commit."""
+    pos = block_start[:, None].long() + torch.arange(commit.shape[1], device=x.device)[None]
+    x.scatter_(1, pos, torch.where(commit, x0.to(x.dtype), x.gather(1, pos)))
+    return commit
+
+
 class TorchOps:
     """Ops a model and the denoising loop call; no host syncs in any of them."""
 
@@ -111,24 +119,19 @@ class TorchOps:
         order = torch.sort(conf, dim=1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(Lb, device=conf.device).expand_as(order))
-        commit = (rank < k[:, None]) & (conf > float("-inf"))
-        pos = block_start[:, None].long() + torch.arange(Lb, device=x.device)[None]
-        x.scatter_(1, pos, torch.where(commit, x0.to(x.dtype), x.gather(1, pos)))
-        return commit
+        commit = (rank < k[:, None]) & torch.isfinite(conf)
+        return _commit(x, x0, commit, block_start)
 
     @staticmethod
     def select_threshold_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
                                 block_start: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """Commit every finite conf >= tau[b] plus the row's single most confident position
         (lowest index among ties). x [B, L] in place; returns the commit mask [B, Lb]."""
-        Lb = conf.shape[1]
-        finite = conf > float("-inf")
+        finite = torch.isfinite(conf)
         best = conf.argmax(1, keepdim=True)  # first maximum
         top = torch.zeros_like(finite).scatter_(1, best, True) & finite
         commit = top | (finite & (conf >= tau[:, None]))
-        pos = block_start[:, None].long() + torch.arange(Lb, device=x.device)[None]
-        x.scatter_(1, pos, torch.where(commit, x0.to(x.dtype), x.gather(1, pos)))
-        return commit
+        return _commit(x, x0, commit, block_start)
 
     @staticmethod
     def select_factor_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
@@ -138,10 +141,8 @@ class TorchOps:
         Lb = conf.shape[1]
         srt = torch.sort(conf, dim=1, descending=True, stable=True)
         i = torch.arange(1, Lb + 1, device=conf.device, dtype=torch.float32)[None]  # 1-based
-        ok = (srt.values >= 1 - factor[:, None].float() / (i + 1)) & (srt.values > float("-inf"))
-        ok[:, 0] = srt.values[:, 0] > float("-inf")
+        ok = (srt.values >= 1 - factor[:, None].float() / (i + 1)) & torch.isfinite(srt.values)
+        ok[:, 0] = torch.isfinite(srt.values[:, 0])
         keep = ok.to(torch.int32).cumprod(1).bool()  # the prefix up to the first failure
         commit = torch.zeros_like(keep).scatter_(1, srt.indices, keep)
-        pos = block_start[:, None].long() + torch.arange(Lb, device=x.device)[None]
-        x.scatter_(1, pos, torch.where(commit, x0.to(x.dtype), x.gather(1, pos)))
-        return commit
+        return _commit(x, x0, commit, block_start)
