@@ -1,0 +1,410 @@
+"""CUDA-graph runner: a whole generation as one graph launch (design.md "The step").
+
+Per shape bucket (batch, prompt length, gen length, block length, cache mode, policy, scorer) a
+`GraphRunner` owns a static DecodeState and a Control, warms the loop's `step` up, then captures
+one step graph per branch: per block (the current `step` takes its block start as a host int, so
+spans and slices differ per block) and per phase (refresh forward at a block's first step, cached
+step after it, when a KV cache is used). Then, in order of preference:
+- "while": fastdiff._C.LoopGraph: WHILE { control kernel; IF(branch == j) step graph j;
+  progress kernel }: the control kernel advances the block, picks refresh or cached, stops, and
+  the host only launches (zero round trips until the result is read);
+- "replay": the host replays the step graphs, reading the control flags between steps when the
+  step sequence depends on the data (threshold / factor or early stop; one 32-byte read per
+  step) and never when it does not (fixed schedule, no early stop). Used when fastdiff._C is
+  missing or the driver lacks conditional nodes.
+All captures share one memory pool: a step's results are written in place into the static state
+and KV store (never into the pool), and the graphs never run concurrently, so any replay order
+is safe. Nothing here touches CUDA at import time."""
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Iterator, Optional
+
+import torch
+
+from ..ops import cuda_ext
+from .control import Control, ControlledTopK, ControlSpec
+from .loop import Request, step
+from .state import DecodeState
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+PROMPT_BUCKET = 64  # prompt lengths round up to a multiple of this
+
+
+def batch_bucket(batch: int) -> int:
+    for b in BATCH_BUCKETS:
+        if batch <= b:
+            return b
+    raise ValueError(f"batch {batch} exceeds the largest graph bucket {BATCH_BUCKETS[-1]}")
+
+
+def prompt_bucket(prompt_len: int) -> int:
+    return -(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET
+
+
+def bucket_state(state: DecodeState, batch: int, prompt_len: int, pad_id: int) -> DecodeState:
+    """`state` left padded to prompt_len columns and extended to `batch` rows; the extra rows
+    are frozen (active False) so they never take part. Row results are unchanged: each row
+    attends only to its own keys [pad, L) with positions counted from its first token."""
+    B, P = state.batch, state.prompt_len
+    if batch < B or prompt_len < P:
+        raise ValueError(f"bucket ({batch}, {prompt_len}) is smaller than the state ({B}, {P})")
+    extra, dev = prompt_len - P, state.x.device
+    L = prompt_len + state.gen_length
+
+    def rows(t: torch.Tensor, fill) -> torch.Tensor:  # [B, ...] -> [batch, ...]
+        pad = t[:1].expand(batch - B, *t.shape[1:]).clone()
+        return torch.cat([t, pad.fill_(fill) if fill is not None else pad])
+
+    x = torch.cat([torch.full((B, extra), pad_id, dtype=state.x.dtype, device=dev), state.x], 1)
+    positions = torch.cat([torch.zeros(B, extra, dtype=torch.int64, device=dev),
+                           state.positions], 1)
+    return DecodeState(
+        x=rows(x, None), positions=rows(positions, None),
+        kv_start=rows(state.kv_start + extra, None),
+        kv_end=torch.full((batch,), L, dtype=torch.int32, device=dev),
+        seed=rows(state.seed, None), step=rows(state.step, 0), nfe=rows(state.nfe, 0),
+        active=rows(state.active, False), prompt_len=prompt_len, gen_length=state.gen_length,
+        mask_id=state.mask_id)
+
+
+def static_branches(spec: ControlSpec) -> list[int]:
+    """The branch of every step when the sequence does not depend on the data (fixed schedule,
+    no early stop): each block runs exactly steps_per_block steps, its first the refresh."""
+    out = []
+    for b in range(spec.n_blocks):
+        base = b * spec.phases if spec.per_block else 0
+        out += [base] + [base + spec.phases - 1] * (spec.steps_per_block - 1)
+    return out
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One consistent read of the progress memory: `block` is the block last stepped (blocks
+    before it are final); tokens [B, G] hold every block stepped so far."""
+
+    seq: int
+    block: int
+    running: bool
+    steps: int
+    committed: list
+    tokens: torch.Tensor
+
+
+class ProgressBuffer:
+    """Mapped pinned host memory that the progress kernel writes and a host thread polls."""
+
+    HEADER = 4
+
+    def __init__(self, ext, batch: int, gen_length: int) -> None:
+        self.batch, self.gen_length = batch, gen_length
+        self.words = ext.progress_words(batch, gen_length)
+        self._ext = ext
+        self.host, self.device = ext.host_alloc_mapped(self.words * 8)
+        self._view = (ctypes.c_int64 * self.words).from_address(self.host)
+        self.array = torch.frombuffer(self._view, dtype=torch.int64)  # [words], host memory
+
+    def read(self) -> Optional[Progress]:
+        """A seqlock read: None while the kernel is writing or before its first write."""
+        a = self.array
+        seq = int(a[0])
+        if seq == 0 or seq % 2:
+            return None
+        B, G, H = self.batch, self.gen_length, self.HEADER
+        head = a[:H + B].tolist()
+        tokens = a[H + B:].clone().view(B, G)
+        if int(a[0]) != seq:
+            return None
+        return Progress(seq, head[1], bool(head[2]), head[3], head[H:], tokens)
+
+    def close(self) -> None:
+        if self.host:
+            self.array = None
+            self._ext.host_free(self.host)
+            self.host = 0
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 (interpreter exit: the CUDA context may be gone)
+            pass
+
+
+class CudaGraphCapture:
+    """Captures the step into torch CUDA graphs (keep_graph: the WHILE runner clones the raw
+    cudaGraph_t), all in one memory pool, after a warm-up on a side stream (Triton compiles and
+    autotunes before capture)."""
+
+    def __init__(self) -> None:
+        self.pool = None
+
+    def warmup(self, fn) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def capture(self, fn) -> "torch.cuda.CUDAGraph":
+        g = torch.cuda.CUDAGraph(keep_graph=True)
+        with torch.cuda.graph(g, pool=self.pool):
+            fn()
+        self.pool = self.pool or g.pool()
+        return g
+
+
+class EagerCapture:
+    """Stand-in "graphs" that call the step: runs the runner's host-replay logic on the CPU."""
+
+    class Graph:
+        def __init__(self, fn) -> None:
+            self.replay = fn
+
+        def instantiate(self) -> None:
+            pass
+
+    def warmup(self, fn) -> None:
+        fn()
+
+    def capture(self, fn) -> "EagerCapture.Graph":
+        return self.Graph(fn)
+
+
+class GraphRunner:
+    """Captured step graphs + loop for one shape bucket. The static `state` is the bucket's
+    canvas: `load()` copies a request's state in, `run()` / `stream()` decode it, and the
+    result stays in `state` (read it back once, after the loop)."""
+
+    def __init__(self, model, ops, state: DecodeState, req: Request, *, mode: str = "auto",
+                 progress: bool = False, warmup: int = 1, capture=None,
+                 use_ext: bool = True) -> None:
+        """capture: CudaGraphCapture() by default (EagerCapture() for CPU tests of the replay
+        logic); use_ext=False: the control's torch mirror instead of fastdiff._C."""
+        if capture is None and state.x.device.type != "cuda":
+            raise ValueError("GraphRunner needs a CUDA state; on the CPU use loop.denoise")
+        if mode not in ("auto", "while", "replay"):
+            raise ValueError(f"mode={mode!r} is invalid; allowed: 'auto', 'while', 'replay'")
+        self.model, self.ops, self.state = model, ops, state
+        self.spec = ControlSpec.for_request(req, state, per_block=True)
+        self.control = Control(state, self.spec)
+        if req.policy.steps_per_block is not None:
+            req = replace(req, policy=ControlledTopK(req.policy, self.control))
+        self.req = req
+        self.ext = cuda_ext.load() if use_ext else None
+        self.capturer = capture or CudaGraphCapture()
+        self.mode = self._pick_mode(mode)
+        self.progress = ProgressBuffer(self.ext, state.batch, state.gen_length) \
+            if progress and self.ext is not None else None
+        self._specs()
+        self._initial = self._snapshot()
+        self.graphs = self._capture(warmup)
+        self.loop = self._build_loop() if self.mode == "while" else None
+        if self.loop is None:
+            for g in self.graphs:
+                g.instantiate()
+
+    # ------------------------------------------------------------------------- building
+    def _pick_mode(self, mode: str) -> str:
+        if mode == "replay":
+            return mode
+        support = self.ext.conditional_support() if self.ext is not None else {}
+        ok = support.get("while_node") == "ok" and support.get("if_node") == "ok" and \
+            isinstance(self.capturer, CudaGraphCapture) and \
+            hasattr(torch.cuda.CUDAGraph, "raw_cuda_graph")
+        if mode == "while" and not ok:
+            raise RuntimeError(f"mode='while' needs fastdiff._C and conditional graph nodes: "
+                               f"{cuda_ext.conditional_support()}")
+        return "while" if ok else "replay"
+
+    def _branches(self) -> list[tuple[int, int]]:
+        """(block start, step index standing for its phase) of each branch, in branch order."""
+        s, P = self.spec, self.state.prompt_len
+        return [(P + b * s.block_length, phase) for b in range(s.n_blocks)
+                for phase in range(s.phases)]
+
+    def _snapshot(self) -> list[torch.Tensor]:
+        st = self.state
+        return [t.clone() for t in (st.x, st.step, st.nfe, st.active)]
+
+    def _restore(self, saved: list[torch.Tensor]) -> None:
+        st = self.state
+        for dst, src in zip((st.x, st.step, st.nfe, st.active), saved, strict=True):
+            dst.copy_(src)
+        self.control.reset()
+
+    def _capture(self, warmup: int) -> list:
+        req, st, cap = self.req, self.state, self.capturer
+        req.policy.begin_block(st, st.prompt_len, self.spec.block_length)  # allocates tau
+
+        def warm() -> None:
+            for _ in range(warmup):
+                for start, i in self._branches():
+                    self.control.update(st)
+                    step(self.model, self.ops, st, req, start, i)
+
+        cap.warmup(warm)
+        self._restore(self._initial)
+        return [cap.capture(lambda start=start, i=i: step(self.model, self.ops, st, req, start, i))
+                for start, i in self._branches()]
+
+    def _build_loop(self):
+        return self.ext.LoopGraph([g.raw_cuda_graph() for g in self.graphs],
+                                  self._control_spec, self._progress_spec)
+
+    # ------------------------------------------------------------------------- running
+    def load(self, state: DecodeState) -> None:
+        """Copy a request's (bucket-shaped) state into the static one; reset the control."""
+        st = self.state
+        if state.x.shape != st.x.shape or state.prompt_len != st.prompt_len:
+            raise ValueError(f"state {tuple(state.x.shape)} P={state.prompt_len} does not fit "
+                             f"the bucket {tuple(st.x.shape)} P={st.prompt_len}")
+        for name in ("x", "positions", "kv_start", "kv_end", "seed", "step", "nfe", "active"):
+            getattr(st, name).copy_(getattr(state, name))
+        self.control.reset()  # also the progress sequence counter
+        if self.progress is not None:
+            self.progress.array.zero_()
+
+    def set_threshold(self, tau: float) -> None:
+        """Per-request threshold / factor of a captured threshold or factor policy."""
+        self.req.policy._tau.fill_(tau)
+
+    def launch(self) -> None:
+        """Issue the whole generation on the current stream (asynchronous in "while" mode)."""
+        if self.loop is not None:
+            self.loop.launch(torch.cuda.current_stream().cuda_stream)
+        else:
+            self._replay()
+
+    def run(self) -> DecodeState:
+        self.launch()
+        return self.state
+
+    def _replay(self) -> None:
+        """Host replay: the control update on the device (the CUDA kernel, else its torch
+        mirror), then the step graph it picked."""
+        s, data_dependent = self.spec, self._data_dependent()
+        stream = torch.cuda.current_stream().cuda_stream if self.ext is not None else 0
+        if not data_dependent:  # fixed schedule, no early stop: the sequence is known
+            for branch in static_branches(s):
+                self._control_update(stream)
+                self.graphs[branch].replay()
+                self._progress(stream)
+            self._control_update(stream)  # marks the end (running = 0)
+            self._progress(stream)
+            return
+        for _ in range(s.max_iters + 1):
+            self._control_update(stream)
+            flags = self.control.read()  # the one read between steps
+            if not flags.running:
+                break
+            self.graphs[flags.branch].replay()
+            self._progress(stream)
+        self._progress(stream)
+
+    def _data_dependent(self) -> bool:
+        return self.spec.steps_per_block == 0 or self.req.stop_ids is not None
+
+    def _control_update(self, stream: int) -> None:
+        if self.ext is not None:
+            self.ext.control_update(self._control_spec, stream)
+        else:
+            self.control.update(self.state)
+
+    def _progress(self, stream: int) -> None:
+        if self.progress is not None:
+            self.ext.progress_write(self._progress_spec, stream)
+
+    def _specs(self) -> None:
+        """fastdiff._C specs over the static tensors (their addresses never change)."""
+        ext, st = self.ext, self.state
+        self._control_spec = self._progress_spec = None
+        if ext is None:
+            return
+        self._control_spec = self.control.cuda_spec(ext, st)
+        if self.progress is not None:
+            self._progress_spec = ext.ProgressSpec(
+                x=st.x.data_ptr(), ctl=self.control.ctl.data_ptr(), out=self.progress.device,
+                mask_id=st.mask_id, batch=st.batch, length=st.x.shape[1],
+                prompt_len=st.prompt_len, block_length=self.spec.block_length)
+
+    def stream(self, poll_s: float = 2e-4) -> Iterator[tuple[int, torch.Tensor]]:
+        """Launch, then yield (block index, tokens [B, Lb]) for each block as soon as the
+        progress memory shows it final (the next block stepped, or the loop done). Polls host
+        memory only: the launch is not synchronized until the caller reads `state`."""
+        if self.progress is None:
+            raise RuntimeError("stream() needs progress=True and fastdiff._C")
+        if self.loop is None:  # host replay runs in this thread: run it in another one
+            worker = threading.Thread(target=self._replay_on, args=(torch.cuda.current_stream(),))
+            worker.start()
+        else:
+            worker = None
+            self.launch()
+        Lb, sent = self.spec.block_length, 0
+        while True:
+            p = self.progress.read()
+            if p is None:
+                time.sleep(poll_s)
+                continue
+            final = p.block if p.running else self.spec.n_blocks
+            while sent < final:
+                yield sent, p.tokens[:, sent * Lb:(sent + 1) * Lb]
+                sent += 1
+            if not p.running:
+                break
+            time.sleep(poll_s)
+        if worker is not None:
+            worker.join()
+
+    def _replay_on(self, stream: torch.cuda.Stream) -> None:
+        with torch.cuda.stream(stream):
+            self._replay()
+
+
+class GraphCache:
+    """The engine's runners, one per shape bucket and captured settings; `decode` runs one
+    request's state through its bucket's runner and writes the result back into that state.
+    A new bucket costs a warm-up and a capture; later requests of the bucket only copy in,
+    launch and copy out (device copies: nothing is read back)."""
+
+    def __init__(self, model, ops, pad_id: int, *, mode: str = "auto", capture=None,
+                 use_ext: bool = True) -> None:
+        self.model, self.ops, self.pad_id, self.mode = model, ops, pad_id, mode
+        self._capture, self._use_ext = capture, use_ext
+        self.runners: dict = {}
+
+    @staticmethod
+    def key(state: DecodeState, req: Request) -> tuple:
+        """What a captured graph bakes in besides the tensors' values."""
+        pol = req.policy
+        return (state.batch, state.prompt_len, state.gen_length, req.block_length,
+                req.strategy.name, req.scorer, type(pol).__name__, pol.steps_per_block,
+                req.stop_ids is not None, req.eos_id, req.cfg_scale)  # stop ids: per engine
+
+    def decode(self, state: DecodeState, req: Request) -> DecodeState:
+        B, P = state.batch, state.prompt_len
+        big = bucket_state(state, batch_bucket(B), prompt_bucket(P), self.pad_id)
+        key = self.key(big, req)
+        runner = self.runners.get(key)
+        if runner is None:
+            static = bucket_state(big, big.batch, big.prompt_len, self.pad_id)  # a copy
+            capture = self._capture() if self._capture is not None else None
+            runner = GraphRunner(self.model, self.ops, static, req, mode=self.mode,
+                                 capture=capture, use_ext=self._use_ext)
+            self.runners[key] = runner
+        runner.load(big)
+        if getattr(req.policy, "tau", None) is not None:
+            runner.set_threshold(req.policy.tau)
+        out = runner.run()
+        extra = out.prompt_len - P
+        state.x.copy_(out.x[:B, extra:])
+        for name in ("step", "nfe", "active"):
+            getattr(state, name).copy_(getattr(out, name)[:B])
+        return state
+
+
+__all__ = ["BATCH_BUCKETS", "CudaGraphCapture", "EagerCapture", "GraphCache", "GraphRunner",
+           "Progress", "ProgressBuffer", "batch_bucket", "bucket_state", "prompt_bucket",
+           "static_branches"]
