@@ -57,6 +57,17 @@ def resolve_dtype(dtype: Union[str, torch.dtype], device: torch.device) -> torch
     return dtype
 
 
+def resolve_graphs(graphs: Union[str, bool], device: torch.device) -> bool:
+    if graphs == "auto":
+        return device.type == "cuda"
+    if graphs not in (True, False):
+        raise ValueError(f"graphs={graphs!r} is invalid; allowed: True, False, 'auto'")
+    if graphs and device.type != "cuda":
+        raise ValueError("graphs=True needs a CUDA device (CUDA graphs); use graphs=False on "
+                         f"{device.type}")
+    return graphs
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         if device.type != "cuda":
@@ -76,7 +87,8 @@ class Engine:
     """A loaded model ready to decode. Build with Engine.from_pretrained(path)."""
 
     def __init__(self, model: LLaDAModel, tokenizer: Optional[Tokenizer], *, backend: str,
-                 max_batch_size: int = 16, max_seq_len: Optional[int] = None) -> None:
+                 graphs: bool = False, max_batch_size: int = 16,
+                 max_seq_len: Optional[int] = None) -> None:
         self.model = model
         self.config: ModelConfig = model.config
         self.tokenizer = tokenizer
@@ -86,15 +98,32 @@ class Engine:
         self.max_seq_len = min(max_seq_len or self.config.max_sequence_length,
                                self.config.max_sequence_length)
         self.eot_id = tokenizer.eot_token_id if tokenizer is not None else None
+        self.graphs = graphs
         self._store: Optional[KVStore] = None  # allocated at the first cached request
+        self._graph_cache = None
 
     def kv_store(self) -> KVStore:
-        """The engine's KV cache, [layers, 2, max_batch_size, kv_heads, max_seq_len, head_dim]."""
+        """The engine's KV cache, [layers, 2, max_batch_size, kv_heads, max_seq_len, head_dim]
+        (with graphs: sized for the largest batch and prompt bucket)."""
         if self._store is None:
             c = self.config
-            self._store = KVStore(c.n_layers, self.max_batch_size, c.n_kv_heads, self.max_seq_len,
-                                  c.head_dim, dtype=self.model.dtype, device=self.model.device)
+            batch, length = self.max_batch_size, self.max_seq_len
+            if self.graphs:
+                from .decoding.graphs import PROMPT_BUCKET, batch_bucket
+                batch, length = batch_bucket(batch), length + PROMPT_BUCKET
+            self._store = KVStore(c.n_layers, batch, c.n_kv_heads, length, c.head_dim,
+                                  dtype=self.model.dtype, device=self.model.device)
         return self._store
+
+    def _decode(self, state: DecodeState, req: Request) -> None:
+        """The one loop, eager or as captured CUDA graphs (same tokens either way)."""
+        if not self.graphs:
+            denoise(self.model, self.ops, state, req)
+            return
+        if self._graph_cache is None:
+            from .decoding.graphs import GraphCache
+            self._graph_cache = GraphCache(self.model, self.ops, self.config.pad_token_id)
+        self._graph_cache.decode(state, req)
 
     @classmethod
     def from_pretrained(cls, path: Union[str, Path], *, device: Union[str, torch.device] = "auto",
@@ -106,22 +135,19 @@ class Engine:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         be = resolve_backend(backend, dev)
-        if graphs not in ("auto", False, True):
-            raise ValueError(f"graphs={graphs!r} is invalid; allowed: True, False, 'auto'")
-        if graphs is True:
-            raise ValueError("graphs=True needs the CUDA graph runner, which this version does not "
-                             "have yet; use graphs='auto' or False")
+        use_graphs = resolve_graphs(graphs, dev)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} is invalid: expected >= 1")
         ckpt = load_checkpoint(path, device=dev, dtype=dt, ops=get_ops(be))
-        return cls(ckpt.model, ckpt.tokenizer, backend=be, max_batch_size=max_batch_size,
-                   max_seq_len=max_seq_len)
+        return cls(ckpt.model, ckpt.tokenizer, backend=be, graphs=use_graphs,
+                   max_batch_size=max_batch_size, max_seq_len=max_seq_len)
 
     @classmethod
     def from_config(cls, config: ModelConfig, *, seed: int = 0,
                     device: Union[str, torch.device] = "auto",
                     dtype: Union[str, torch.dtype] = "auto", backend: str = "auto",
-                    max_batch_size: int = 16, max_seq_len: Optional[int] = None) -> "Engine":
+                    graphs: Union[str, bool] = "auto", max_batch_size: int = 16,
+                    max_seq_len: Optional[int] = None) -> "Engine":
         """An engine with random weights drawn directly on the device (tensor by tensor, never
         the whole model in fp32 on the CPU): the same weights as save_random_checkpoint(path,
         config, seed=seed, dtype=dtype) up to last-ulp differences of the device's log/cos.
@@ -130,8 +156,9 @@ class Engine:
         dev = resolve_device(device)
         dt = resolve_dtype(dtype, dev)
         be = resolve_backend(backend, dev)
+        use_graphs = resolve_graphs(graphs, dev)
         weights = random_weights(config, seed=seed, dtype=dt, device=dev)
-        return cls(LLaDAModel(config, weights, get_ops(be)), None, backend=be,
+        return cls(LLaDAModel(config, weights, get_ops(be)), None, backend=be, graphs=use_graphs,
                    max_batch_size=max_batch_size, max_seq_len=max_seq_len)
 
     # ------------------------------------------------------------------------------ prompts
@@ -193,7 +220,7 @@ class Engine:
         state = DecodeState.from_prompts(ids, gen.gen_length, mask_id=self.config.mask_token_id,
                                          pad_id=self.config.pad_token_id,
                                          seeds=[seed] * len(ids), device=self.model.device)
-        denoise(self.model, self.ops, state, self._request(gen))
+        self._decode(state, self._request(gen))
         return self._completions(state)
 
     def _request(self, gen: GenerationConfig) -> Request:

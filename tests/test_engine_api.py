@@ -93,6 +93,11 @@ def test_input_errors(engine):
         engine.generate([[1.5, 2]], **KW)
     with pytest.raises(ValueError, match="backend"):
         Engine.from_pretrained("unused", backend="jax")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="graphs=True needs a CUDA device"):
+            Engine.from_pretrained("unused", graphs=True)
+    with pytest.raises(ValueError, match="graphs"):
+        Engine.from_pretrained("unused", graphs="sometimes")
 
 
 def test_max_batch_size(tiny_ckpt):

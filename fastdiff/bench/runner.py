@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 
 from .. import Engine, GenerationConfig, ModelConfig
+from ..models.llada import PREFIX, LLaDAModel
+from ..ops import get_ops
 from . import env
 from .baselines import ARBaseline, HFLlamaBaseline, ReferenceLoop, llama_shape_for
 
@@ -65,6 +67,15 @@ def default_plan(preset: str, device: torch.device, quick: bool = False) -> Plan
     return Plan(preset, grid, backends=backends, warmup=1, repeats=3)
 
 
+def _weights(model: LLaDAModel) -> dict:
+    """The model's tensors under their checkpoint names (shared, not copied)."""
+    w = {PREFIX + "wte.weight": model.wte, PREFIX + "ln_f.weight": model.ln_f,
+         PREFIX + "ff_out.weight": model.lm_head}
+    for i, layer in enumerate(model.layers):
+        w.update({f"{PREFIX}blocks.{i}.{n}.weight": t for n, t in vars(layer).items()})
+    return w
+
+
 def _prompts(s: Scenario, vocab: int, mask_id: int, device) -> torch.Tensor:
     g = torch.Generator().manual_seed(1234 + s.prompt_len)
     ids = torch.randint(0, vocab, (s.batch, s.prompt_len), generator=g)
@@ -109,10 +120,16 @@ def run_plan(plan: Plan, *, device: torch.device, dtype: torch.dtype, seed: int 
         f"{bandwidth / 1e9:.1f} GB/s; random weights (seed {seed})")
     max_b = max(s.batch for s in plan.scenarios)
     max_len = max(s.prompt_len + s.gen_length for s in plan.scenarios)
-    engines = {be: Engine.from_config(cfg, seed=seed, device=device, dtype=dtype, backend=be,
-                                      max_batch_size=max_b, max_seq_len=max_len)
-               for be in plan.backends}
-    model = engines[plan.backends[0]].model
+    graph_modes = (False, True) if device.type == "cuda" else (False,)
+    first = Engine.from_config(cfg, seed=seed, device=device, dtype=dtype,
+                               backend=plan.backends[0], graphs=False, max_batch_size=max_b,
+                               max_seq_len=max_len)
+    model = first.model
+    engines = {}  # (backend, graphs) -> Engine sharing one set of weights
+    for be, graphs in itertools.product(plan.backends, graph_modes):
+        m = LLaDAModel(cfg, _weights(model), get_ops(be))
+        engines[be, graphs] = Engine(m, None, backend=be, graphs=graphs, max_batch_size=max_b,
+                                     max_seq_len=max_len)
     rows = []
     for s in plan.scenarios:
         for system, mode, call in _systems(plan, s, engines, model, device, dtype):
@@ -127,19 +144,19 @@ def run_plan(plan: Plan, *, device: torch.device, dtype: torch.dtype, seed: int 
 
 def _systems(plan: Plan, s: Scenario, engines: dict, model, device, dtype):
     """(system, mode, fn(prompts) -> (tokens, nfe list, fed counter or None)) for a scenario."""
-    for be, cache in itertools.product(plan.backends, plan.caches):
+    for (be, graphs), cache in itertools.product(engines, plan.caches):
         if "fastdiff" not in plan.systems:
             break
         gen = GenerationConfig(gen_length=s.gen_length, block_length=s.block_length,
                                steps=s.steps if s.tokens_per_step else s.gen_length,
                                threshold=s.threshold, cache=cache)
-        eng = engines[be]
+        eng = engines[be, graphs]
 
         def call(prompts, eng=eng, gen=gen):
             with _FedCounter(eng.model) as fed:
                 out = eng.generate(prompts.tolist(), gen)
             return [c.nfe for c in out], fed
-        yield "fastdiff", {"backend": be, "cache": cache, "graphs": False}, call
+        yield "fastdiff", {"backend": be, "cache": cache, "graphs": graphs}, call
     if "reference_loop" in plan.systems and s.tokens_per_step is not None:
         ref = ReferenceLoop(model)
 
