@@ -31,6 +31,11 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--logits-eos-inf", action="store_true")
     p.add_argument("--confidence-eos-eot-inf", action="store_true")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"])
+    p.add_argument("--threshold", type=float, default=None, help="parallel decoding (e.g. 0.9)")
+    p.add_argument("--factor", type=float, default=None, help="factor rule (e.g. 1.0)")
+    p.add_argument("--stop-at-eos", action="store_true", help="per-row early stop")
+    p.add_argument("--graphs", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
@@ -39,14 +44,17 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 def _run_generate(model: Path, args: argparse.Namespace, label: str = "") -> int:
     from . import Engine, GenerationConfig
     t0 = time.perf_counter()
+    graphs = {"auto": "auto", "on": True, "off": False}[args.graphs]
     engine = Engine.from_pretrained(model, device=args.device, dtype=args.dtype,
-                                    backend=args.backend)
+                                    backend=args.backend, graphs=graphs)
     load_s = time.perf_counter() - t0
     gen = GenerationConfig(gen_length=args.gen_length, steps=args.steps or args.gen_length,
                            block_length=args.block_length, temperature=args.temperature,
                            cfg_scale=args.cfg_scale, remasking=args.remasking,
                            logits_eos_inf=args.logits_eos_inf,
-                           confidence_eos_eot_inf=args.confidence_eos_eot_inf, seed=args.seed)
+                           confidence_eos_eot_inf=args.confidence_eos_eot_inf, seed=args.seed,
+                           cache=args.cache, threshold=args.threshold, factor=args.factor,
+                           stop_at_eos=args.stop_at_eos)
     t0 = time.perf_counter()
     out = engine.generate(args.prompt, gen, chat=args.chat)[0]
     secs = time.perf_counter() - t0
