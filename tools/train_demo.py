@@ -38,16 +38,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "tools" / "demo_corpus"
 OUT = ROOT / "fastdiff" / "assets" / "demo"
 PINNED_PYTHON = "3.11.7"
-SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>",
-            "<|end_header_id|>", "<|mdm_mask|>"]  # ids vocab_size-6 .. vocab_size-1
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first %}{{ bos_token }}{% endif %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
-    "+ message['content'] | trim + '<|eot_id|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}"
-    "{% endif %}")
+sys.path.insert(0, str(ROOT))
+from fastdiff.models.writer import CHAT_TEMPLATE  # noqa: E402  (the loader's chat template)
+from fastdiff.models.writer import SPECIALS as _SPECIALS  # noqa: E402
+
+SPECIALS = list(_SPECIALS)  # ids vocab_size-6 .. vocab_size-1, in this order
 ARCH = dict(d_model=256, n_layers=4, n_heads=4, mlp_hidden_size=688, vocab_size=4096,
             rope_theta=10000.0, rms_norm_eps=1e-5, max_sequence_length=512)
 SKIP_DIRS = {"site-packages", "test", "tests", "idle_test", "__pycache__", "encodings"}
