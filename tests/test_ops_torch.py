@@ -1,6 +1,4 @@
 """The torch backend against the oracles in fastdiff/ops/reference.py."""
-import math
-
 import pytest
 import torch
 

@@ -75,10 +75,10 @@ def median(xs: list[float]) -> float:
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 28, repeats: int = 5) -> float:
-    """Bytes/s of a device-to-device copy (read + write counted once: the read side, as the
-    step floor counts bytes read)."""
+    """Bytes/s of a device-to-device copy, read + write bytes counted (the "~3.0 TB/s device
+    copy" convention of design.md); a step's floor is the bytes it reads over this."""
     n = nbytes // 4
     src = torch.empty(n, dtype=torch.float32, device=device).fill_(1.0)
     dst = torch.empty_like(src)
     times = timed(lambda: dst.copy_(src), device, warmup=2, repeats=repeats)
-    return nbytes / median(times)
+    return 2 * nbytes / median(times)

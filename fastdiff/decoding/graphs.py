@@ -17,58 +17,19 @@ and KV store (never into the pool), and the graphs never run concurrently, so an
 is safe. Nothing here touches CUDA at import time."""
 from __future__ import annotations
 
-import ctypes
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Iterator, Optional
+from dataclasses import replace
+from typing import Iterator
 
 import torch
 
 from ..ops import cuda_ext
+from .buckets import BATCH_BUCKETS, PROMPT_BUCKET, batch_bucket, bucket_state, prompt_bucket
 from .control import Control, ControlledTopK, ControlSpec
 from .loop import Request, step
+from .progress import Progress, ProgressBuffer
 from .state import DecodeState
-
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-PROMPT_BUCKET = 64  # prompt lengths round up to a multiple of this
-
-
-def batch_bucket(batch: int) -> int:
-    for b in BATCH_BUCKETS:
-        if batch <= b:
-            return b
-    raise ValueError(f"batch {batch} exceeds the largest graph bucket {BATCH_BUCKETS[-1]}")
-
-
-def prompt_bucket(prompt_len: int) -> int:
-    return -(-prompt_len // PROMPT_BUCKET) * PROMPT_BUCKET
-
-
-def bucket_state(state: DecodeState, batch: int, prompt_len: int, pad_id: int) -> DecodeState:
-    """`state` left padded to prompt_len columns and extended to `batch` rows; the extra rows
-    are frozen (active False) so they never take part. Row results are unchanged: each row
-    attends only to its own keys [pad, L) with positions counted from its first token."""
-    B, P = state.batch, state.prompt_len
-    if batch < B or prompt_len < P:
-        raise ValueError(f"bucket ({batch}, {prompt_len}) is smaller than the state ({B}, {P})")
-    extra, dev = prompt_len - P, state.x.device
-    L = prompt_len + state.gen_length
-
-    def rows(t: torch.Tensor, fill) -> torch.Tensor:  # [B, ...] -> [batch, ...]
-        pad = t[:1].expand(batch - B, *t.shape[1:]).clone()
-        return torch.cat([t, pad.fill_(fill) if fill is not None else pad])
-
-    x = torch.cat([torch.full((B, extra), pad_id, dtype=state.x.dtype, device=dev), state.x], 1)
-    positions = torch.cat([torch.zeros(B, extra, dtype=torch.int64, device=dev),
-                           state.positions], 1)
-    return DecodeState(
-        x=rows(x, None), positions=rows(positions, None),
-        kv_start=rows(state.kv_start + extra, None),
-        kv_end=torch.full((batch,), L, dtype=torch.int32, device=dev),
-        seed=rows(state.seed, None), step=rows(state.step, 0), nfe=rows(state.nfe, 0),
-        active=rows(state.active, False), prompt_len=prompt_len, gen_length=state.gen_length,
-        mask_id=state.mask_id)
 
 
 def static_branches(spec: ControlSpec) -> list[int]:
@@ -79,58 +40,6 @@ def static_branches(spec: ControlSpec) -> list[int]:
         base = b * spec.phases if spec.per_block else 0
         out += [base] + [base + spec.phases - 1] * (spec.steps_per_block - 1)
     return out
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One consistent read of the progress memory: `block` is the block last stepped (blocks
-    before it are final); tokens [B, G] hold every block stepped so far."""
-
-    seq: int
-    block: int
-    running: bool
-    steps: int
-    committed: list
-    tokens: torch.Tensor
-
-
-class ProgressBuffer:
-    """Mapped pinned host memory that the progress kernel writes and a host thread polls."""
-
-    HEADER = 4
-
-    def __init__(self, ext, batch: int, gen_length: int) -> None:
-        self.batch, self.gen_length = batch, gen_length
-        self.words = ext.progress_words(batch, gen_length)
-        self._ext = ext
-        self.host, self.device = ext.host_alloc_mapped(self.words * 8)
-        self._view = (ctypes.c_int64 * self.words).from_address(self.host)
-        self.array = torch.frombuffer(self._view, dtype=torch.int64)  # [words], host memory
-
-    def read(self) -> Optional[Progress]:
-        """A seqlock read: None while the kernel is writing or before its first write."""
-        a = self.array
-        seq = int(a[0])
-        if seq == 0 or seq % 2:
-            return None
-        B, G, H = self.batch, self.gen_length, self.HEADER
-        head = a[:H + B].tolist()
-        tokens = a[H + B:].clone().view(B, G)
-        if int(a[0]) != seq:
-            return None
-        return Progress(seq, head[1], bool(head[2]), head[3], head[H:], tokens)
-
-    def close(self) -> None:
-        if self.host:
-            self.array = None
-            self._ext.host_free(self.host)
-            self.host = 0
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 (interpreter exit: the CUDA context may be gone)
-            pass
 
 
 class CudaGraphCapture:
@@ -405,6 +314,6 @@ class GraphCache:
         return state
 
 
-__all__ = ["BATCH_BUCKETS", "CudaGraphCapture", "EagerCapture", "GraphCache", "GraphRunner",
+__all__ = ["BATCH_BUCKETS", "PROMPT_BUCKET", "CudaGraphCapture", "EagerCapture", "GraphCache", "GraphRunner",
            "Progress", "ProgressBuffer", "batch_bucket", "bucket_state", "prompt_bucket",
            "static_branches"]
