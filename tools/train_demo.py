@@ -501,13 +501,13 @@ BOS + text + EOS, so the model learns to emit EOS), batch {ta['batch']} x {ta['s
 steps 1-{long_from}, then {ta['batch'] // 2} x {2 * ta['seq']} up to step {ta['steps']}{stopped}.
 AdamW (betas 0.9, 0.95; weight decay 0.1 on matrices), peak LR {ta['lr']}, {ta['warmup']} warmup
 steps, cosine decay to 10%, gradient clip 1.0, bf16 autocast on the CPU (weights and optimizer
-in fp32), seed {ta['seed']}. Trained on {log['threads']} CPU thread (torch.set_num_threads) of an
+in fp32), seed {ta['seed']}. Trained on {log['threads']} CPU thread(s) (torch.set_num_threads) of an
 AMD EPYC (AVX-512 BF16) 2-core VM shared with other jobs, in {log['train_seconds'] / 60:.1f} minutes of
 wall time ({ta['steps']} steps; {ta['steps'] * ta['batch'] * ta['seq']:,} training tokens). Reproduce (deterministic
 given seed and thread count; two 20-step runs gave bitwise-identical weights and tokenizer):
 
 ```
-python tools/train_demo.py train   # defaults: --threads 1 --seed {ta['seed']} --steps {ta['steps']} --lr {ta['lr']}
+python tools/train_demo.py train   # defaults: --threads {log['threads']} --seed {ta['seed']} --steps {ta['steps']} --lr {ta['lr']}
 python tools/train_demo.py card
 ```
 
@@ -537,11 +537,11 @@ implementation of LLaDA's reference sampler (low-confidence remasking, temperatu
 gen_length {a.gen_length}, block_length {a.block_length}, steps {a.gen_steps}, float32), cut at
 the first EOS/EoT, trimmed to the last complete line (kept whole when EOS was emitted), then
 `ast.parse(prompt + completion)`: **{ok}/{n} = {ok / n:.0%}** parse. A prompt whose trimmed text
-adds no complete line counts as a failure. ({gen_s:.0f} s for all {n} on one thread.)
+adds no complete line counts as a failure. ({gen_s:.0f} s for all {n} with {torch.get_num_threads()} thread(s).)
 {engine}
 
 ## Limitations
-A few million parameters trained for half an hour on one CPU thread: it has learned Python's
+A few million parameters trained for about 40 minutes on a 2-core CPU: it has learned Python's
 surface (indentation, names, keywords, `self`, docstrings) but not programs. Masked-token
 accuracy is well above the baseline, yet free generation is weak: greedy low-confidence
 remasking tends to commit easy filler (blank lines, `#`, repeated identifiers) across the
@@ -563,10 +563,10 @@ def main() -> None:
     ap.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"])
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--log", default=str(CORPUS / "train_log.json"))
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heldout-share", type=float, default=0.04)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--long-share", type=float, default=0.15, help="final share at 2*seq")
