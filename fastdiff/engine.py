@@ -68,6 +68,12 @@ def resolve_graphs(graphs: Union[str, bool], device: torch.device) -> bool:
     return graphs
 
 
+def resolve_options(device, dtype, backend: str, graphs):
+    """(device, dtype, backend, graphs) with every "auto" resolved, or a ValueError."""
+    dev = resolve_device(device)
+    return dev, resolve_dtype(dtype, dev), resolve_backend(backend, dev), resolve_graphs(graphs, dev)
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         if device.type != "cuda":
@@ -132,10 +138,7 @@ class Engine:
                         max_seq_len: Optional[int] = None) -> "Engine":
         """Load a local LLaDA checkpoint folder. auto: cuda if available; bf16 on CUDA, fp32 on
         CPU; the triton backend on CUDA, torch on CPU."""
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        be = resolve_backend(backend, dev)
-        use_graphs = resolve_graphs(graphs, dev)
+        dev, dt, be, use_graphs = resolve_options(device, dtype, backend, graphs)
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size={max_batch_size} is invalid: expected >= 1")
         ckpt = load_checkpoint(path, device=dev, dtype=dt, ops=get_ops(be))
@@ -153,10 +156,7 @@ class Engine:
         config, seed=seed, dtype=dtype) up to last-ulp differences of the device's log/cos.
         No tokenizer: prompts are token ids. For benchmarks at 8B shapes."""
         from .models.writer import random_weights
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
-        be = resolve_backend(backend, dev)
-        use_graphs = resolve_graphs(graphs, dev)
+        dev, dt, be, use_graphs = resolve_options(device, dtype, backend, graphs)
         weights = random_weights(config, seed=seed, dtype=dt, device=dev)
         return cls(LLaDAModel(config, weights, get_ops(be)), None, backend=be, graphs=use_graphs,
                    max_batch_size=max_batch_size, max_seq_len=max_seq_len)
@@ -206,8 +206,9 @@ class Engine:
                  **overrides) -> list[Completion]:
         """prompts: a string, a list of strings, a list of token ids, a list of token-id lists, or
         chat messages; chat=True renders strings with the checkpoint's chat template."""
-        gen = (config or GenerationConfig()).replace(**overrides) if overrides else \
-            (config or GenerationConfig())
+        gen = config or GenerationConfig()
+        if overrides:
+            gen = gen.replace(**overrides)
         ids = self._prompt_list(prompts, chat)
         if len(ids) > self.max_batch_size:
             raise ValueError(f"{len(ids)} prompts exceed max_batch_size={self.max_batch_size}; "

@@ -33,6 +33,15 @@ def _uniform(seed, col, pos, step, STREAM: tl.constexpr):
 
 
 @triton.jit
+def _empty_stats(R: tl.constexpr):
+    """Running stats of R rows before any tile: max, second max, sum-exp, entropy sum, Gumbel
+    winner key, its index, its scaled logit."""
+    neg = tl.full((R,), NEG_INF, tl.float32)
+    zero = tl.zeros((R,), tl.float32)
+    return neg, neg, zero, zero, neg, tl.zeros((R,), tl.int32), neg
+
+
+@triton.jit
 def _merge(m, m2, s, e, wk, wi, wz, tm, tm2, ts, te, tk, ti, tz):
     """Merge running stats with a later chunk's (same row vectors); earlier chunk wins ties.
     s = sum exp(z - m), e = sum exp(z - m) * (z - m), relative to each side's own max."""
@@ -70,13 +79,7 @@ def _lm_head_partial_kernel(h_ptr, rowmap_ptr, w_ptr, seed_ptr, step_ptr, posb_p
         pos = tl.load(posb_ptr + b, mask=rmask, other=0) + j
     offs_k = tl.arange(0, BLOCK_K)
     offs_v = tl.arange(0, BLOCK_V)
-    m = tl.full((BLOCK_N,), NEG_INF, tl.float32)
-    m2 = tl.full((BLOCK_N,), NEG_INF, tl.float32)
-    s = tl.zeros((BLOCK_N,), tl.float32)
-    e = tl.zeros((BLOCK_N,), tl.float32)
-    wk = tl.full((BLOCK_N,), NEG_INF, tl.float32)
-    wi = tl.zeros((BLOCK_N,), tl.int32)
-    wz = tl.full((BLOCK_N,), NEG_INF, tl.float32)
+    m, m2, s, e, wk, wi, wz = _empty_stats(BLOCK_N)
     t_lo = pid_s * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, n_tiles)
     for t in range(t_lo, t_hi):
@@ -138,13 +141,7 @@ def _lm_head_combine_kernel(part_ptr, pidx_ptr, rowmap_ptr, seed_ptr, step_ptr, 
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = rows < N
     offs_s = tl.arange(0, BLOCK_S)
-    m = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    m2 = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    s = tl.zeros((BLOCK_R,), tl.float32)
-    e = tl.zeros((BLOCK_R,), tl.float32)
-    wk = tl.full((BLOCK_R,), NEG_INF, tl.float32)
-    wi = tl.zeros((BLOCK_R,), tl.int32)
-    wz = tl.full((BLOCK_R,), NEG_INF, tl.float32)
+    m, m2, s, e, wk, wi, wz = _empty_stats(BLOCK_R)
     for s0 in range(0, n_splits, BLOCK_S):
         sp = s0 + offs_s  # [BLOCK_S]
         msk = (sp[:, None] < n_splits) & rmask[None, :]

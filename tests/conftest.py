@@ -42,7 +42,8 @@ def gqa_ckpt(tmp_path_factory):
 
 @pytest.fixture
 def no_host_sync(monkeypatch):
-    """A context manager under which Tensor.item / tolist / __bool__ and nonzero raise."""
+    """guard(): a context under which Tensor.item / tolist / __bool__ and nonzero raise;
+    guard.wrap(fn): fn run under that guard, counting its calls in .calls."""
     def boom(*a, **k):
         raise AssertionError("host sync inside a decoding step")
 
@@ -55,4 +56,14 @@ def no_host_sync(monkeypatch):
             with pytest.raises(AssertionError, match="host sync"):  # the patch is live
                 bool(torch.ones(1))
             yield
+
+    def wrap(fn):
+        def wrapped(*args, **kwargs):
+            wrapped.calls += 1
+            with guard():
+                return fn(*args, **kwargs)
+        wrapped.calls = 0
+        return wrapped
+
+    guard.wrap = wrap
     return guard

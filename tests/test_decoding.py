@@ -120,17 +120,10 @@ def test_host_sync_free_step(setup, monkeypatch, no_host_sync):
     """The whole fixed-schedule loop runs with every host-sync entry point raising."""
     from fastdiff.decoding import loop
     engine = setup[0]
-    real_denoise = loop.denoise
-    calls = []
-
-    def guarded(*args, **kwargs):
-        with no_host_sync():
-            calls.append(1)
-            return real_denoise(*args, **kwargs)
-
+    guarded = no_host_sync.wrap(loop.denoise)
     monkeypatch.setattr("fastdiff.engine.denoise", guarded)
     for kw in (dict(), dict(temperature=0.9, seed=1), dict(remasking="random", seed=2),
                dict(cfg_scale=1.0, logits_eos_inf=True, confidence_eos_eot_inf=True)):
         out = engine.generate(PROMPTS, gen_length=16, block_length=8, steps=8, **kw)
         assert len(out) == 4
-    assert len(calls) == 4
+    assert guarded.calls == 4

@@ -128,16 +128,9 @@ def test_threshold_step_has_no_host_sync(setup, monkeypatch, no_host_sync):
     """Each step (threshold / factor / early stop / caches) runs with host syncs raising; only
     the loop's between-step flag read may touch the host."""
     from fastdiff.decoding import loop
-    real_step = loop.step
-    calls = []
-
-    def guarded(*args, **kwargs):
-        with no_host_sync():
-            calls.append(1)
-            return real_step(*args, **kwargs)
-
+    guarded = no_host_sync.wrap(loop.step)
     monkeypatch.setattr(loop, "step", guarded)
     for kw in (dict(cache="dual", threshold=0.9), dict(cache="prefix", factor=1.0, stop_at_eos=True),
                dict(cache="none", temperature=0.8, seed=3, stop_at_eos=True, steps=16)):
         assert len(setup[0].generate(PROMPTS, gen_length=32, block_length=8, **kw)) == 3
-    assert len(calls) > 3
+    assert guarded.calls > 3

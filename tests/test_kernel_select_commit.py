@@ -80,33 +80,29 @@ def test_topk_partial_sort_path(monkeypatch):
     assert counter.launches == 1
 
 
+RULES = {  # rule -> (kernel keyword, values: per-row tensor, scalars)
+    "threshold": ("tau", lambda B: (torch.linspace(0.3, 1.5, B), 0.75, 2.0)),  # 2.0: top only
+    "factor": ("factor", lambda B: (torch.linspace(0.2, 3.0, B), 1.0, 0.01)),
+}
+
+
+@pytest.mark.parametrize("rule", list(RULES))
 @pytest.mark.parametrize("B,Lb,L", [(1, 1, 3), (3, 7, 20), (4, 33, 40)])
 @pytest.mark.parametrize("ties", [False, True])
-def test_threshold_matches_reference(monkeypatch, B, Lb, L, ties):
+def test_threshold_and_factor_match_reference(monkeypatch, rule, B, Lb, L, ties):
     counter = count_launches(monkeypatch, sc, "_select_commit_kernel")
     x, x0, conf, bs = _inputs(B, Lb, L, seed=B + Lb, ties=ties)
-    for tau in (torch.linspace(0.3, 1.5, B), 0.75, 2.0):  # 2.0: only the most confident
+    if rule == "factor":  # confidences near 1: prefixes of many lengths
+        conf = torch.where(torch.isfinite(conf), 0.6 + 0.4 * conf, conf)
+    keyword, values = RULES[rule]
+    reference = getattr(ref, f"select_{rule}_commit")
+    for v in values(B):
         xx = x.clone()
         committed = torch.full((B,), 5, dtype=torch.int32)
         left = torch.zeros(B, dtype=torch.int32)
-        commit = sc.select_commit(xx, x0, conf, bs, tau=tau, committed=committed, left=left)
-        expect = ref.select_threshold_commit(x, x0, conf, bs, tau)
-        _check(xx, x0, conf, bs, expect, commit, committed, left, f"threshold tau={tau}")
-    assert counter.launches == 3
-
-
-@pytest.mark.parametrize("B,Lb,L", [(1, 1, 3), (3, 7, 20), (4, 33, 40)])
-def test_factor_matches_reference(monkeypatch, B, Lb, L):
-    counter = count_launches(monkeypatch, sc, "_select_commit_kernel")
-    x, x0, conf, bs = _inputs(B, Lb, L, seed=3 * Lb)
-    conf = torch.where(torch.isfinite(conf), 0.6 + 0.4 * conf, conf)  # prefixes of many lengths
-    for f in (torch.linspace(0.2, 3.0, B), 1.0, 0.01):
-        xx = x.clone()
-        committed = torch.full((B,), 5, dtype=torch.int32)
-        left = torch.zeros(B, dtype=torch.int32)
-        commit = sc.select_commit(xx, x0, conf, bs, factor=f, committed=committed, left=left)
-        expect = ref.select_factor_commit(x, x0, conf, bs, f)
-        _check(xx, x0, conf, bs, expect, commit, committed, left, f"factor f={f}")
+        commit = sc.select_commit(xx, x0, conf, bs, committed=committed, left=left, **{keyword: v})
+        expect = reference(x, x0, conf, bs, v)
+        _check(xx, x0, conf, bs, expect, commit, committed, left, f"{rule} {keyword}={v}")
     assert counter.launches == 3
 
 

@@ -11,7 +11,6 @@ from typing import Optional
 import torch
 
 from .. import Engine, GenerationConfig, ModelConfig
-from ..models.llada import PREFIX, LLaDAModel
 from ..ops import get_ops
 from . import env
 from .baselines import ARBaseline, HFLlamaBaseline, ReferenceLoop, llama_shape_for
@@ -67,15 +66,6 @@ def default_plan(preset: str, device: torch.device, quick: bool = False) -> Plan
     return Plan(preset, grid, backends=backends, warmup=1, repeats=3)
 
 
-def _weights(model: LLaDAModel) -> dict:
-    """The model's tensors under their checkpoint names (shared, not copied)."""
-    w = {PREFIX + "wte.weight": model.wte, PREFIX + "ln_f.weight": model.ln_f,
-         PREFIX + "ff_out.weight": model.lm_head}
-    for i, layer in enumerate(model.layers):
-        w.update({f"{PREFIX}blocks.{i}.{n}.weight": t for n, t in vars(layer).items()})
-    return w
-
-
 def _prompts(s: Scenario, vocab: int, mask_id: int, device) -> torch.Tensor:
     g = torch.Generator().manual_seed(1234 + s.prompt_len)
     ids = torch.randint(0, vocab, (s.batch, s.prompt_len), generator=g)
@@ -101,7 +91,7 @@ class _FedCounter:
         del self.model.forward
 
 
-def _floor_ms(model, fed_per_forward: float, kv_tokens: float, bandwidth: float) -> float:
+def _floor_ms(model, kv_tokens: float, bandwidth: float) -> float:
     """Bytes a forward must read (all weights + the K/V it attends to) over the copy bandwidth."""
     cfg = model.config
     weight_bytes = sum(t.numel() * t.element_size() for t in
@@ -127,8 +117,7 @@ def run_plan(plan: Plan, *, device: torch.device, dtype: torch.dtype, seed: int 
     model = first.model
     engines = {}  # (backend, graphs) -> Engine sharing one set of weights
     for be, graphs in itertools.product(plan.backends, graph_modes):
-        m = LLaDAModel(cfg, _weights(model), get_ops(be))
-        engines[be, graphs] = Engine(m, None, backend=be, graphs=graphs, max_batch_size=max_b,
+        engines[be, graphs] = Engine(model.with_ops(get_ops(be)), None, backend=be, graphs=graphs, max_batch_size=max_b,
                                      max_seq_len=max_len)
     rows = []
     for s in plan.scenarios:
@@ -205,7 +194,7 @@ def _measure(system, mode, call, s: Scenario, plan: Plan, model, device, bandwid
     p50 = env.median(times)
     per_fwd_ms = 1e3 * p50 / max(nfe, 1)
     kv_tokens = s.prompt_len + s.gen_length if mode.get("cache") in ("prefix", "dual") else 0
-    floor = _floor_ms(model, fed_per_forward or 1, kv_tokens * s.batch, bandwidth)
+    floor = _floor_ms(model, kv_tokens * s.batch, bandwidth)
     row = dict(system=system, mode=mode, nfe=nfe, nfe_expected=expected,
                nfe_note=None if expected is not None else "threshold: nfe of random weights",
                tokens_per_s=s.batch * s.gen_length / p50, latency_p50_s=p50,

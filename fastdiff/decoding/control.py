@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 
+from .policies import scheduled_k
 from .state import DecodeState
 
 # control words, int32 ctl[CTL_WORDS]; the same indices as csrc/fastdiff.h
@@ -119,8 +120,7 @@ class Control:
         go = ~done
         if s.steps_per_block > 0:
             self.m0.copy_(torch.where(go & (i == 0), masks, self.m0))
-            k = self.m0 // s.steps_per_block + (self.m0 % s.steps_per_block > i).long()
-            self.k.copy_(torch.where(go, k, self.k))
+            self.k.copy_(torch.where(go, scheduled_k(self.m0, s.steps_per_block, i), self.k))
         phase = ((i > 0) & (s.phases == 2)).int()
         branch = torch.where(go, (block * s.phases if s.per_block else 0) + phase, -1)
         new = torch.stack([

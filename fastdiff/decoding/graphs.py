@@ -146,7 +146,7 @@ class GraphRunner:
 
     def _capture(self, warmup: int) -> list:
         req, st, cap = self.req, self.state, self.capturer
-        req.policy.begin_block(st, st.prompt_len, self.spec.block_length)  # allocates tau
+        req.policy.begin_block(st, st.prompt_len, self.spec.block_length)  # device tensors
 
         def warm() -> None:
             for _ in range(warmup):
@@ -176,9 +176,9 @@ class GraphRunner:
         if self.progress is not None:
             self.progress.array.zero_()
 
-    def set_threshold(self, tau: float) -> None:
+    def set_policy_value(self, value: float) -> None:
         """Per-request threshold / factor of a captured threshold or factor policy."""
-        self.req.policy._tau.fill_(tau)
+        self.req.policy.set_value(value)
 
     def launch(self) -> None:
         """Issue the whole generation on the current stream (asynchronous in "while" mode)."""
@@ -304,8 +304,8 @@ class GraphCache:
                                  capture=capture, use_ext=self._use_ext)
             self.runners[key] = runner
         runner.load(big)
-        if getattr(req.policy, "tau", None) is not None:
-            runner.set_threshold(req.policy.tau)
+        if req.policy.steps_per_block is None:  # threshold / factor: value not baked in
+            runner.set_policy_value(req.policy.value)
         out = runner.run()
         extra = out.prompt_len - P
         state.x.copy_(out.x[:B, extra:])

@@ -38,60 +38,73 @@ class Scorer:
             eot_id=self.eot_id, suppress_eos=self.suppress_eos, eos_eot_conf=self.eos_eot_conf)
 
 
+def scheduled_k(masked: torch.Tensor, steps: int, i) -> torch.Tensor:
+    """LLaDA's schedule: tokens to commit at step i (int or device tensor) of a block that had
+    `masked` [B] masks: masked // steps, one more for the first masked % steps steps."""
+    return masked // steps + (masked % steps > i).to(masked.dtype)
+
+
 class TopKSchedule:
-    """LLaDA's fixed schedule: a block's M masks spread over `steps` steps, M // steps each,
-    one more for the first M % steps steps (computed per row on the device)."""
+    """LLaDA's fixed schedule, per row on the device (scheduled_k)."""
+
+    def __init__(self, steps_per_block: int) -> None:
+        self.steps_per_block = steps_per_block
+        self._masked: Optional[torch.Tensor] = None  # [B] masks at block start
 
     def max_steps(self, block_length: int) -> int:
         return self.steps_per_block
 
-    def __init__(self, steps_per_block: int) -> None:
-        self.steps_per_block = steps_per_block
-        self._base: Optional[torch.Tensor] = None
-        self._rem: Optional[torch.Tensor] = None
-
     def begin_block(self, state: DecodeState, start: int, length: int) -> None:
-        masked = (state.x[:, start:start + length] == state.mask_id).sum(1)  # [B]
-        self._base = masked // self.steps_per_block
-        self._rem = masked % self.steps_per_block
+        self._masked = (state.x[:, start:start + length] == state.mask_id).sum(1)
 
     def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
                block_start: torch.Tensor, i: int) -> torch.Tensor:
         """Commit step i's k tokens per row into state.x; returns the commit mask [B, Lb]."""
-        k = self._base + (self._rem > i).to(self._base.dtype)  # [B]
+        k = scheduled_k(self._masked, self.steps_per_block, i)  # [B]
         return ops.select_topk_commit(state.x, x0, conf, block_start, k)
 
 
-class ThresholdPolicy:
-    """Fast-dLLM threshold rule: commit every masked in-block position with conf >= tau, and
-    always the single most confident one; the block runs until it has no MASK left."""
+class _PerRowValuePolicy:
+    """A rule with one number per request (tau or f), held per row on the device so captured
+    graphs read it from memory; a block runs until it has no MASK left."""
 
     steps_per_block = None
 
-    def __init__(self, tau: float) -> None:
-        self.tau = tau
-        self._tau: Optional[torch.Tensor] = None
+    def __init__(self, value: float) -> None:
+        self.value = value
+        self._values: Optional[torch.Tensor] = None  # [B] fp32
 
     def max_steps(self, block_length: int) -> int:
         return block_length  # every step commits at least one token per live row
 
     def begin_block(self, state: DecodeState, start: int, length: int) -> None:
-        if self._tau is None:
-            self._tau = torch.full((state.batch,), self.tau, dtype=torch.float32,
-                                   device=state.x.device)
+        if self._values is None:
+            self._values = torch.full((state.batch,), self.value, dtype=torch.float32,
+                                      device=state.x.device)
+
+    def set_value(self, value: float) -> None:
+        """A new request's value for this (possibly graph-captured) policy: a device fill."""
+        self.value = value
+        if self._values is not None:
+            self._values.fill_(value)
+
+
+class ThresholdPolicy(_PerRowValuePolicy):
+    """Fast-dLLM threshold rule: commit every masked in-block position with conf >= tau, and
+    always the single most confident one."""
 
     def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
                block_start: torch.Tensor, i: int) -> torch.Tensor:
-        return ops.select_threshold_commit(state.x, x0, conf, block_start, self._tau)
+        return ops.select_threshold_commit(state.x, x0, conf, block_start, self._values)
 
 
-class FactorPolicy(ThresholdPolicy):
+class FactorPolicy(_PerRowValuePolicy):
     """Fast-dLLM factor rule: commit the largest prefix of the descending confidences with
     c_i >= 1 - f / (i + 1) (c_1 always)."""
 
     def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
                block_start: torch.Tensor, i: int) -> torch.Tensor:
-        return ops.select_factor_commit(state.x, x0, conf, block_start, self._tau)
+        return ops.select_factor_commit(state.x, x0, conf, block_start, self._values)
 
 
 def make_policy(gen: GenerationConfig):

@@ -1,6 +1,7 @@
 """The LLaDA transformer (dllm-spec.md section 2) on fastdiff.ops: bidirectional, no biases."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,12 @@ class LLaDAModel:
         self.lm_head = weights[PREFIX + "ff_out.weight"]
         self.layers = [Layer(**{n: weights[f"{PREFIX}blocks.{i}.{n}.weight"] for n in LAYER_NAMES})
                        for i in range(config.n_layers)]
+
+    def with_ops(self, ops) -> "LLaDAModel":
+        """The same weights (shared, not copied) on another ops backend."""
+        model = copy.copy(self)
+        model.ops = ops
+        return model
 
     @property
     def device(self) -> torch.device:
