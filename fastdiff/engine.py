@@ -238,7 +238,7 @@ class Engine:
                        stop_ids=stop_ids, eos_id=eos)
 
     def _completions(self, state: DecodeState) -> list[Completion]:
-        full = state.generated().tolist()  # the one device-to-host copy, after the loop
+        full = state.generated().tolist()  # device-to-host copies, after the loop only
         nfe = state.nfe.tolist()
         stops = {self.config.eos_token_id} | ({self.eot_id} if self.eot_id is not None else set())
         out = []

@@ -4,9 +4,12 @@ autoregressive model with a static KV cache (gpt-fast pattern: one-token decode 
 graph), (d) Hugging Face transformers' LlamaForCausalLM.generate with a static cache."""
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 
+from ..decoding.graphs import CudaGraphCapture
 from ..models.llada import LLaDAModel
 
 
@@ -122,18 +125,12 @@ class ARBaseline:
             out.copy_(self._forward(cache, tok, pos, prefill=False))
 
         step = eager
-        if self.use_graph:
-            import time
+        if self.use_graph:  # the engine's capture: side-stream warm-up, then one graph
             t0 = time.perf_counter()
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(2):
-                    eager()
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                eager()
+            capture = CudaGraphCapture()
+            capture.warmup(lambda: (eager(), eager()))
+            graph = capture.capture(eager)
+            graph.instantiate()
             step = graph.replay
             torch.cuda.synchronize()
             self.capture_s += time.perf_counter() - t0

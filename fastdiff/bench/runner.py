@@ -91,7 +91,7 @@ class _FedCounter:
         del self.model.forward
 
 
-def _floor_ms(model, kv_tokens: float, bandwidth: float) -> float:
+def step_floor_ms(model, kv_tokens: float, bandwidth: float) -> float:
     """Bytes a forward must read (all weights + the K/V it attends to) over the copy bandwidth."""
     cfg = model.config
     weight_bytes = sum(t.numel() * t.element_size() for t in
@@ -111,14 +111,12 @@ def run_plan(plan: Plan, *, device: torch.device, dtype: torch.dtype, seed: int 
     max_b = max(s.batch for s in plan.scenarios)
     max_len = max(s.prompt_len + s.gen_length for s in plan.scenarios)
     graph_modes = (False, True) if device.type == "cuda" else (False,)
-    first = Engine.from_config(cfg, seed=seed, device=device, dtype=dtype,
-                               backend=plan.backends[0], graphs=False, max_batch_size=max_b,
-                               max_seq_len=max_len)
-    model = first.model
+    model = Engine.from_config(cfg, seed=seed, device=device, dtype=dtype,
+                               backend=plan.backends[0], graphs=False).model
     engines = {}  # (backend, graphs) -> Engine sharing one set of weights
     for be, graphs in itertools.product(plan.backends, graph_modes):
-        engines[be, graphs] = Engine(model.with_ops(get_ops(be)), None, backend=be, graphs=graphs, max_batch_size=max_b,
-                                     max_seq_len=max_len)
+        engines[be, graphs] = Engine(model.with_ops(get_ops(be)), None, backend=be, graphs=graphs,
+                                     max_batch_size=max_b, max_seq_len=max_len)
     rows = []
     for s in plan.scenarios:
         for system, mode, call in _systems(plan, s, engines, model, device, dtype):
@@ -194,7 +192,7 @@ def _measure(system, mode, call, s: Scenario, plan: Plan, model, device, bandwid
     p50 = env.median(times)
     per_fwd_ms = 1e3 * p50 / max(nfe, 1)
     kv_tokens = s.prompt_len + s.gen_length if mode.get("cache") in ("prefix", "dual") else 0
-    floor = _floor_ms(model, kv_tokens * s.batch, bandwidth)
+    floor = step_floor_ms(model, kv_tokens * s.batch, bandwidth)
     row = dict(system=system, mode=mode, nfe=nfe, nfe_expected=expected,
                nfe_note=None if expected is not None else "threshold: nfe of random weights",
                tokens_per_s=s.batch * s.gen_length / p50, latency_p50_s=p50,

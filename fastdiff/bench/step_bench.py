@@ -8,7 +8,7 @@ from .. import GenerationConfig
 from ..decoding.loop import step
 from ..decoding.state import DecodeState
 from . import env
-from .runner import _floor_ms
+from .runner import step_floor_ms
 
 
 def time_steps(engine, *, batch: int, context: int, block_length: int = 32, warmup: int = 2,
@@ -41,7 +41,7 @@ def time_steps(engine, *, batch: int, context: int, block_length: int = 32, warm
             step(engine.model, engine.ops, state, req, start, 0)  # fill the cache
             times = env.timed(once, dev, warmup=warmup, repeats=repeats)
             ms = 1e3 * env.median(times)
-            floor = _floor_ms(engine.model, kv * batch, bandwidth)
+            floor = step_floor_ms(engine.model, kv * batch, bandwidth)
             rows.append(dict(kind=name, batch=batch, context=context, block_length=block_length,
                              tokens_fed=fed * batch, step_ms_p50=ms,
                              step_ms_p90=1e3 * env.percentile(times, 0.9), floor_ms=floor,

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from .policies import scheduled_k
+from .policies import TopKSchedule, scheduled_k
 from .state import DecodeState
 
 # control words, int32 ctl[CTL_WORDS]; the same indices as csrc/fastdiff.h
@@ -149,18 +149,13 @@ class Control:
             per_block=int(s.per_block), max_iters=s.max_iters)
 
 
-class ControlledTopK:
+class ControlledTopK(TopKSchedule):
     """The fixed schedule with k read from the control's device tensor, so a step does not
     depend on the host step index i (what a captured step graph needs)."""
 
-    steps_per_block: int
-
-    def __init__(self, schedule, control: Control) -> None:
-        self.steps_per_block = schedule.steps_per_block
+    def __init__(self, schedule: TopKSchedule, control: Control) -> None:
+        super().__init__(schedule.steps_per_block)
         self.control = control
-
-    def max_steps(self, block_length: int) -> int:
-        return self.steps_per_block
 
     def begin_block(self, state: DecodeState, start: int, length: int) -> None:
         """Nothing: the control kernel records the block's masks at its first step."""

@@ -135,13 +135,11 @@ class GraphRunner:
                 for phase in range(s.phases)]
 
     def _snapshot(self) -> list[torch.Tensor]:
-        st = self.state
-        return [t.clone() for t in (st.x, st.step, st.nfe, st.active)]
+        return [getattr(self.state, name).clone() for name in DecodeState.STEPPED]
 
     def _restore(self, saved: list[torch.Tensor]) -> None:
-        st = self.state
-        for dst, src in zip((st.x, st.step, st.nfe, st.active), saved, strict=True):
-            dst.copy_(src)
+        for name, src in zip(DecodeState.STEPPED, saved, strict=True):
+            getattr(self.state, name).copy_(src)
         self.control.reset()
 
     def _capture(self, warmup: int) -> list:
@@ -170,7 +168,7 @@ class GraphRunner:
         if state.x.shape != st.x.shape or state.prompt_len != st.prompt_len:
             raise ValueError(f"state {tuple(state.x.shape)} P={state.prompt_len} does not fit "
                              f"the bucket {tuple(st.x.shape)} P={st.prompt_len}")
-        for name in ("x", "positions", "kv_start", "kv_end", "seed", "step", "nfe", "active"):
+        for name in DecodeState.TENSORS:
             getattr(st, name).copy_(getattr(state, name))
         self.control.reset()  # also the progress sequence counter
         if self.progress is not None:
@@ -309,7 +307,7 @@ class GraphCache:
         out = runner.run()
         extra = out.prompt_len - P
         state.x.copy_(out.x[:B, extra:])
-        for name in ("step", "nfe", "active"):
+        for name in DecodeState.COUNTERS:
             getattr(state, name).copy_(getattr(out, name)[:B])
         return state
 

@@ -66,9 +66,11 @@ class TopKSchedule:
 
 class _PerRowValuePolicy:
     """A rule with one number per request (tau or f), held per row on the device so captured
-    graphs read it from memory; a block runs until it has no MASK left."""
+    graphs read it from memory; a block runs until it has no MASK left. Subclasses name their
+    select op (ops.<op>(x, x0, conf, block_start, values))."""
 
     steps_per_block = None
+    op: str
 
     def __init__(self, value: float) -> None:
         self.value = value
@@ -88,23 +90,24 @@ class _PerRowValuePolicy:
         if self._values is not None:
             self._values.fill_(value)
 
+    def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
+               block_start: torch.Tensor, i: int) -> torch.Tensor:
+        """Commit into state.x by the subclass's select op; returns the commit mask [B, Lb]."""
+        return getattr(ops, self.op)(state.x, x0, conf, block_start, self._values)
+
 
 class ThresholdPolicy(_PerRowValuePolicy):
     """Fast-dLLM threshold rule: commit every masked in-block position with conf >= tau, and
     always the single most confident one."""
 
-    def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
-               block_start: torch.Tensor, i: int) -> torch.Tensor:
-        return ops.select_threshold_commit(state.x, x0, conf, block_start, self._values)
+    op = "select_threshold_commit"
 
 
 class FactorPolicy(_PerRowValuePolicy):
     """Fast-dLLM factor rule: commit the largest prefix of the descending confidences with
     c_i >= 1 - f / (i + 1) (c_1 always)."""
 
-    def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
-               block_start: torch.Tensor, i: int) -> torch.Tensor:
-        return ops.select_factor_commit(state.x, x0, conf, block_start, self._values)
+    op = "select_factor_commit"
 
 
 def make_policy(gen: GenerationConfig):

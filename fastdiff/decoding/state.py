@@ -28,6 +28,11 @@ class DecodeState:
     gen_length: int
     mask_id: int
 
+    # tensor fields by role: the per-row counters a step changes, with x all that a step writes
+    COUNTERS = ("step", "nfe", "active")
+    STEPPED = ("x",) + COUNTERS
+    TENSORS = ("x", "positions", "kv_start", "kv_end", "seed") + COUNTERS
+
     @classmethod
     def from_prompts(cls, prompts: list[list[int]], gen_length: int, *, mask_id: int, pad_id: int,
                      seeds: list[int], device: torch.device) -> "DecodeState":

@@ -1,4 +1,4 @@
-"""Op dispatch: a backend object per engine (torch now; Triton kernels plug in here).
+"""Op dispatch: a backend object per engine, TorchOps or TritonOps (the Triton kernels).
 
 Kernels and the compiled extension are imported lazily, only when their backend is chosen."""
 from __future__ import annotations
