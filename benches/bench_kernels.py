@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from fastdiff.bench.env import git_commit  # noqa: E402
 from fastdiff.ops import reference as ref  # noqa: E402
 from fastdiff.ops.torch_backend import TorchOps  # noqa: E402
 from fastdiff.ops.triton_backend import TritonOps  # noqa: E402
@@ -120,17 +120,10 @@ def test_bench_select_commit(benchmark, impl):
 
 def environment() -> dict:
     import triton
-    commit = os.environ.get("FASTDIFF_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).parent, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            commit = ""
     return {"device": torch.cuda.get_device_name() if CUDA else platform.processor() or "cpu",
             "torch": torch.__version__, "triton": triton.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(),
-            "commit": commit or "unknown"}
+            "commit": git_commit()}
 
 
 def _time(fn: Callable, rep_ms: int) -> dict:

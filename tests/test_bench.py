@@ -95,3 +95,42 @@ def test_readme_performance_section_without_gpu_results(tmp_path):
     assert "No GPU results" in body and "performance:begin" in readme.read_text()
     update_readme(readme, tmp_path / "results")  # idempotent: one section
     assert readme.read_text().count("performance:begin") == 1
+
+
+def test_readme_performance_section_from_newest_gpu_set(tmp_path):
+    """The device suite's folder (results.jsonl one level down) is found; only its end-to-end
+    CUDA rows reach the table (step and kernel rows of the same file do not); the newest set by
+    path wins; the source path is shown relative to the README."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n")
+    results = tmp_path / "benches" / "results"
+
+    def e2e(system, tok_s):
+        return {"device": "cuda", "device_name": "NVIDIA H100", "system": system,
+                "mode": {"cache": "dual"}, "batch": 1, "schedule": "4 tok/step",
+                "tokens_per_s": tok_s, "git_commit": "abc123"}
+
+    old, new = results / "2026-11-01-h100", results / "2026-12-01-h200"
+    for folder, rows in ((old, [e2e("old_system", 1.0)]),
+                         (new, [{"device": "cuda", "bench": "step", "kind": "refresh_step"},
+                                {"device": "NVIDIA H200", "bench": "attention", "impl": "triton"},
+                                e2e("fastdiff", 1234.5)])):
+        folder.mkdir(parents=True)
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (results / "2026-11-27-cpu-small.jsonl").write_text(
+        json.dumps({"device": "cpu", "system": "fastdiff"}) + "\n")
+    body = update_readme(readme, results)
+    assert "From `benches/results/2026-12-01-h200/results.jsonl`" in body
+    table = [line for line in body.splitlines() if line.startswith("| ")][1:]  # rows, no header
+    assert len(table) == 1 and table[0].startswith("| fastdiff |") and "1234.5" in table[0]
+    assert "old_system" not in body and "refresh_step" not in body
+
+
+def test_git_commit_prefers_fastdiff_commit(monkeypatch):
+    """A device machine's copy of the tree has no .git: FASTDIFF_COMMIT names the commit."""
+    from fastdiff.bench import env
+    monkeypatch.setenv("FASTDIFF_COMMIT", "0123456789ab")
+    assert env.git_commit() == "0123456789ab"
+    assert env.environment(torch.device("cpu"))["git_commit"] == "0123456789ab"
+    monkeypatch.delenv("FASTDIFF_COMMIT")
+    assert env.git_commit() != "0123456789ab"

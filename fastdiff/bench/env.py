@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import statistics
 import subprocess
@@ -13,12 +14,16 @@ import torch
 
 
 def git_commit() -> str:
+    """FASTDIFF_COMMIT when set (a device machine's copy of the tree has no .git), else HEAD's
+    short hash (+ "-dirty" with uncommitted changes to tracked files), else "unknown"."""
+    if os.environ.get("FASTDIFF_COMMIT"):
+        return os.environ["FASTDIFF_COMMIT"]
+    here = Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=10, cwd=Path(__file__).resolve().parent)
+                             text=True, timeout=10, cwd=here)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10,
-                               cwd=Path(__file__).resolve().parent).stdout.strip()
+                               capture_output=True, text=True, timeout=10, cwd=here).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
