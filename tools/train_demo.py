@@ -256,7 +256,6 @@ def generate(net: LLaDA, prompt: list[int], mask_id: int, gen_length: int = 64,
 
 
 def model_config(tok: Tokenizer, arch: dict) -> dict:
-    sys.path.insert(0, str(ROOT))
     from fastdiff.config import ModelConfig
     eos = tok.token_to_id("<|endoftext|>")
     return ModelConfig(**arch, mask_token_id=tok.token_to_id("<|mdm_mask|>"), eos_token_id=eos,
@@ -378,7 +377,6 @@ def engine_check(out: Path, prompts: list[str], ours: list[list[int]],
                  a: argparse.Namespace) -> str:
     """The same prompts through fastdiff.Engine (one batch, CPU, fp32): a card sentence."""
     try:
-        sys.path.insert(0, str(ROOT))
         from fastdiff import Engine
         eng = Engine.from_pretrained(out, device="cpu", dtype="float32",
                                      max_batch_size=len(prompts))

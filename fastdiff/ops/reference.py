@@ -179,19 +179,6 @@ def lm_head_confidence(hidden: torch.Tensor, row_map: torch.Tensor, weight: torc
     return x0, conf.float()
 
 
-def select_topk_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
-                       block_start: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """x [B, L] canvas, x0/conf [B, Lb], block_start [B], k [B] -> new canvas: per row, the k
-    finite-confidence block positions with the highest conf (lowest index wins ties) get x0."""
-    x = x.clone()
-    for b in range(x.shape[0]):
-        order = sorted(range(conf.shape[1]), key=lambda j: (-float(conf[b, j]), j))
-        chosen = [j for j in order if math.isfinite(float(conf[b, j]))][: int(k[b])]
-        for j in chosen:
-            x[b, int(block_start[b]) + j] = x0[b, j]
-    return x
-
-
 def _per_row(value, B: int) -> list:
     """A float or a [B] tensor -> B Python floats."""
     vals = value.reshape(-1).tolist() if isinstance(value, torch.Tensor) else [float(value)]
@@ -210,6 +197,13 @@ def _commit_ranked(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
         for j in order[:n]:
             x[b, int(block_start[b]) + j] = x0[b, j]
     return x
+
+
+def select_topk_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
+                       block_start: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """x [B, L] canvas, x0/conf [B, Lb], block_start [B], k [B] -> new canvas: per row, the k
+    finite-confidence block positions with the highest conf (lowest index wins ties) get x0."""
+    return _commit_ranked(x, x0, conf, block_start, lambda b, c: int(k[b]))
 
 
 def select_threshold_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
