@@ -33,8 +33,6 @@ struct ProgressArgs {
   int B, L, P, Lb;
 };
 
-constexpr int CTL_SEQ = 7;  // spare control word: progress sequence counter
-
 // The control's decisions, shared by the kernel (thread 0) and the host version that the CPU
 // tests compare with the torch mirror: the same code decides on both sides.
 struct CtlDecision {

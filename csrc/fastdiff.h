@@ -24,6 +24,7 @@ enum CtlWord : int {
   CTL_BRANCH = 4,   // index of the step graph to run (-1 when done)
   CTL_ITERS = 5,    // steps issued so far
   CTL_ERROR = 6,    // 1: more than max_iters steps (a bug guard), the loop was stopped
+  CTL_SEQ = 7,      // progress sequence counter (the progress kernel's seqlock)
   CTL_WORDS = 8,
 };
 
