@@ -90,8 +90,9 @@ setup(
     install_requires=["torch>=2.13", "safetensors>=0.4", "tokenizers>=0.19", "jinja2>=3.1",
                       "numpy>=1.24", "tqdm>=4.60"],
     extras_require={
+        # nvidia-cuda-runtime-cu12: CUDA 12.x runtime headers; CI compiles csrc/ against them
         "dev": ["pytest>=8", "pytest-benchmark>=4", "triton>=3.6", "transformers>=4.45",
-                "matplotlib>=3.7", "pybind11>=2.12"],
+                "matplotlib>=3.7", "pybind11>=2.12", "nvidia-cuda-runtime-cu12>=12.4"],
         "bench": ["matplotlib>=3.7", "pytest-benchmark>=4"],
     },
     entry_points={"console_scripts": ["fastdiff=fastdiff.cli:main"]},

@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+
 #include "fastdiff.h"
 
 namespace py = pybind11;
@@ -14,9 +16,10 @@ namespace {
 ControlSpec control_spec(uint64_t x, uint64_t active, uint64_t ctl, uint64_t k, uint64_t m0,
                          int64_t mask_id, int batch, int length, int prompt_len,
                          int block_length, int n_blocks, int steps_per_block, int max_steps,
-                         int phases, int per_block, int max_iters) {
+                         int phases, int per_block, int max_iters, uint64_t cancel) {
   ControlSpec s;
-  s.x = x; s.active = active; s.ctl = ctl; s.k = k; s.m0 = m0; s.mask_id = mask_id;
+  s.x = x; s.active = active; s.ctl = ctl; s.k = k; s.m0 = m0; s.cancel = cancel;
+  s.mask_id = mask_id;
   s.batch = batch; s.length = length; s.prompt_len = prompt_len; s.block_length = block_length;
   s.n_blocks = n_blocks; s.steps_per_block = steps_per_block; s.max_steps = max_steps;
   s.phases = phases; s.per_block = per_block; s.max_iters = max_iters;
@@ -52,9 +55,10 @@ PYBIND11_MODULE(_C, m) {
            py::arg("k"), py::arg("m0"), py::arg("mask_id"), py::arg("batch"), py::arg("length"),
            py::arg("prompt_len"), py::arg("block_length"), py::arg("n_blocks"),
            py::arg("steps_per_block"), py::arg("max_steps"), py::arg("phases"),
-           py::arg("per_block"), py::arg("max_iters") = 0,
+           py::arg("per_block"), py::arg("max_iters") = 0, py::arg("cancel") = 0,
            "Pointers are data_ptr() integers: x int64 [B, L], active bool [B], ctl int32 "
-           "[CTL_WORDS], k / m0 int64 [B] (0 without a fixed schedule).");
+           "[CTL_WORDS], k / m0 int64 [B] (0 without a fixed schedule), cancel bool [B] (0: "
+           "none; a row the host cancels counts as not active).");
   py::class_<ProgressSpec>(m, "ProgressSpec")
       .def(py::init(&progress_spec), py::arg("x"), py::arg("ctl"), py::arg("out"),
            py::arg("mask_id"), py::arg("batch"), py::arg("length"), py::arg("prompt_len"),
@@ -72,18 +76,30 @@ PYBIND11_MODULE(_C, m) {
   m.def("host_free", &host_free, py::arg("host_ptr"));
   m.def("conditional_support", &conditional_support,
         "Versions and which conditional-node types can be instantiated here (never raises).");
-  m.def("self_test", &self_test, py::arg("stream"),
-        "Run WHILE { kernel; IF -> child graph } on a counter; raises CudaError on mismatch.");
+  m.def("self_test", &self_test, py::arg("stream"), py::arg("use_switch") = false,
+        py::call_guard<py::gil_scoped_release>(),
+        "Run WHILE { kernel; two sibling IF nodes (use_switch: one SWITCH node) -> child graphs "
+        "} on counters, launched twice -> {'iterations': 5, 'if0_runs': 2, 'if1_runs': 3} "
+        "(switch: case0_runs / case1_runs); raises CudaError when it cannot run or miscounts.");
+  m.def("graph_node_types", &graph_node_types, py::arg("graph"),
+        "Node types of a cudaGraph_t integer (top level, cudaGraphGetNodes order): 'kernel', "
+        "'memcpy', 'memset', 'host', 'graph', 'empty', 'wait_event', 'event_record', "
+        "'mem_alloc', 'mem_free', 'conditional', ...");
 
   py::class_<LoopGraph>(m, "LoopGraph")
       .def(py::init([](const std::vector<uint64_t>& branches, const ControlSpec& control,
-                       const ProgressSpec* progress) {
-             return new LoopGraph(branches, control, progress);
+                       const ProgressSpec* progress, std::optional<bool> use_switch) {
+             return new LoopGraph(branches, control, progress,
+                                  use_switch.has_value() ? int(*use_switch) : -1);
            }),
            py::arg("branches"), py::arg("control"), py::arg("progress") = nullptr,
+           py::arg("use_switch") = py::none(),
            "branches: cudaGraph_t integers (torch CUDAGraph(keep_graph=True).raw_cuda_graph()), "
-           "cloned into the loop; index = block * phases + phase (per_block) or phase.")
+           "cloned into the loop; index = block * phases + phase (per_block) or phase. "
+           "use_switch: None = one SWITCH node where the build (CUDA >= 12.8) and the driver "
+           "have it, else sibling IF nodes; True = SWITCH or CudaError; False = IF nodes.")
       .def("launch", &LoopGraph::launch, py::arg("stream"),
            py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("num_branches", &LoopGraph::num_branches);
+      .def_property_readonly("num_branches", &LoopGraph::num_branches)
+      .def_property_readonly("kind", &LoopGraph::kind, "'switch' or 'if': what was built.");
 }

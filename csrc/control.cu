@@ -1,6 +1,7 @@
 // The control kernel: the loop's decisions (advance the block, refresh or cached step, stop),
 // made on the device before each step. One thread block; mirrored line by line in
 // fastdiff/decoding/control.py (Control.update), which the CPU tests check against the eager loop.
+#include <memory>
 #include <vector>
 
 #include "check.cuh"
@@ -24,31 +25,33 @@ __device__ void count_block_masks(const ControlArgs& a, int block, int* masks) {
 
 __global__ void __launch_bounds__(kThreads) control_kernel(ControlArgs a) {
   __shared__ int masks[kMaxBatch];
+  __shared__ bool rows[kMaxBatch];
   __shared__ CtlDecision d;
   if (threadIdx.x == 0) d = ctl_begin(a);
   __syncthreads();
   if (!d.done) {
-    count_block_masks(a, d.block, masks);
-    if (threadIdx.x == 0) ctl_advance(a, masks, d);
+    for (int b = threadIdx.x; b < a.B; b += blockDim.x) rows[b] = ctl_row_live(a, b);
+    count_block_masks(a, d.block, masks);  // (its barriers publish rows too)
+    if (threadIdx.x == 0) ctl_advance(a, rows, masks, d);
     __syncthreads();
     if (d.adv) count_block_masks(a, d.block, masks);
-    if (threadIdx.x == 0) ctl_finish(a, d);
+    if (threadIdx.x == 0) ctl_finish(a, rows, d);
     __syncthreads();
     if (!d.done && a.k != nullptr && a.steps > 0)
       for (int b = threadIdx.x; b < a.B; b += blockDim.x) ctl_set_k(a, d, masks, b);
   }
   if (threadIdx.x != 0) return;
   const int branch = ctl_write(a, d);
-  if (a.if_handles != nullptr)
+  if (a.has_switch)  // a value >= the number of cases runs none
+    cudaGraphSetConditional(a.switch_handle, d.done ? a.n_branches : branch);
+  else if (a.if_handles != nullptr)
     for (int j = 0; j < a.n_branches; ++j) cudaGraphSetConditional(a.if_handles[j], j == branch);
   if (a.has_while) cudaGraphSetConditional(a.while_handle, !d.done);
 }
 
 void* control_kernel_ptr() { return reinterpret_cast<void*>(&control_kernel); }
 
-ControlArgs make_control_args(const ControlSpec& s, const cudaGraphConditionalHandle* handles,
-                              int n_branches, cudaGraphConditionalHandle while_handle,
-                              int has_while) {
+ControlArgs make_control_args(const ControlSpec& s) {
   if (s.batch < 1 || s.batch > kMaxBatch)
     throw std::invalid_argument("control: batch must be in [1, " + std::to_string(kMaxBatch) +
                                 "], got " + std::to_string(s.batch));
@@ -65,20 +68,19 @@ ControlArgs make_control_args(const ControlSpec& s, const cudaGraphConditionalHa
   a.ctl = reinterpret_cast<int*>(s.ctl);
   a.k = reinterpret_cast<long long*>(s.k);
   a.m0 = reinterpret_cast<long long*>(s.m0);
-  a.if_handles = handles;
-  a.while_handle = while_handle;
-  a.has_while = has_while;
+  a.cancel = reinterpret_cast<const bool*>(s.cancel);
   a.mask_id = s.mask_id;
   a.B = s.batch; a.L = s.length; a.P = s.prompt_len; a.Lb = s.block_length;
   a.n_blocks = s.n_blocks; a.steps = s.steps_per_block; a.max_steps = s.max_steps;
   a.max_iters = s.max_iters > 0 ? s.max_iters : s.n_blocks * s.max_steps;
-  a.phases = s.phases; a.per_block = s.per_block; a.n_branches = n_branches;
+  a.phases = s.phases; a.per_block = s.per_block;
   return a;
 }
 
 void control_update_host(const ControlSpec& spec) {
-  const ControlArgs a = make_control_args(spec, nullptr, 0, 0, 0);
+  const ControlArgs a = make_control_args(spec);
   std::vector<int> masks(a.B);
+  std::unique_ptr<bool[]> rows(new bool[a.B]);
   auto count = [&](int block) {
     for (int b = 0; b < a.B; ++b) {
       masks[b] = 0;
@@ -89,10 +91,11 @@ void control_update_host(const ControlSpec& spec) {
   };
   CtlDecision d = ctl_begin(a);
   if (!d.done) {
+    for (int b = 0; b < a.B; ++b) rows[b] = ctl_row_live(a, b);
     count(d.block);
-    ctl_advance(a, masks.data(), d);
+    ctl_advance(a, rows.get(), masks.data(), d);
     if (d.adv) count(d.block);
-    ctl_finish(a, d);
+    ctl_finish(a, rows.get(), d);
     if (!d.done && a.k != nullptr && a.steps > 0)
       for (int b = 0; b < a.B; ++b) ctl_set_k(a, d, masks.data(), b);
   }
@@ -100,7 +103,7 @@ void control_update_host(const ControlSpec& spec) {
 }
 
 void control_update(const ControlSpec& spec, uint64_t stream) {
-  ControlArgs a = make_control_args(spec, nullptr, 0, 0, 0);
+  ControlArgs a = make_control_args(spec);
   control_kernel<<<1, kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(a);
   FD_CHECK(cudaGetLastError());
 }

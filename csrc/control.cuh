@@ -18,9 +18,14 @@ struct ControlArgs {
   int* ctl;                 // [CTL_WORDS]
   long long* k;             // [B] or nullptr
   long long* m0;            // [B] or nullptr
-  const cudaGraphConditionalHandle* if_handles;  // [n_branches] or nullptr (direct launch)
+  const bool* cancel;       // [B] or nullptr: set by the host while a generation runs
+  // Conditional handles the kernel sets (none for a direct launch): the step pick is either one
+  // SWITCH handle (value = branch; n_branches when done: no case runs) or one IF handle per
+  // branch (device array; h_j = (j == branch)); the WHILE handle = !done.
+  const cudaGraphConditionalHandle* if_handles;  // [n_branches] or nullptr
+  cudaGraphConditionalHandle switch_handle;
   cudaGraphConditionalHandle while_handle;
-  int has_while;
+  int has_switch, has_while;
   long long mask_id;
   int B, L, P, Lb, n_blocks, steps, max_steps, max_iters, phases, per_block, n_branches;
 };
@@ -43,12 +48,18 @@ __host__ __device__ inline CtlDecision ctl_begin(const ControlArgs& a) {
   return {a.ctl[CTL_BLOCK], a.ctl[CTL_STEP] + 1, 0, a.ctl[CTL_RUNNING] == 0};
 }
 
-// masks: the rows' MASK counts in d.block. The block is complete (no active row has a MASK
-// left in it) or out of steps: advance, once.
-__host__ __device__ inline void ctl_advance(const ControlArgs& a, const int* masks,
-                                            CtlDecision& d) {
+// Row b takes part: active and not cancelled (a cancelled row is treated like a stopped one).
+// Read once per update into rows[B] (the host may set cancel while the kernel runs).
+__host__ __device__ inline bool ctl_row_live(const ControlArgs& a, int b) {
+  return a.active[b] && !(a.cancel != nullptr && a.cancel[b]);
+}
+
+// rows: ctl_row_live per row; masks: the rows' MASK counts in d.block. The block is complete
+// (no live row has a MASK left in it) or out of steps: advance, once.
+__host__ __device__ inline void ctl_advance(const ControlArgs& a, const bool* rows,
+                                            const int* masks, CtlDecision& d) {
   bool live = false;
-  for (int b = 0; b < a.B; ++b) live |= a.active[b] && masks[b] > 0;
+  for (int b = 0; b < a.B; ++b) live |= rows[b] && masks[b] > 0;
   d.adv = !(live && d.step < a.max_steps);
   if (d.adv) {
     d.block += 1;
@@ -56,10 +67,11 @@ __host__ __device__ inline void ctl_advance(const ControlArgs& a, const int* mas
   }
 }
 
-__host__ __device__ inline void ctl_finish(const ControlArgs& a, CtlDecision& d) {
-  bool any_active = false;
-  for (int b = 0; b < a.B; ++b) any_active |= a.active[b];
-  d.done = d.block >= a.n_blocks || !any_active;
+__host__ __device__ inline void ctl_finish(const ControlArgs& a, const bool* rows,
+                                           CtlDecision& d) {
+  bool any_live = false;
+  for (int b = 0; b < a.B; ++b) any_live |= rows[b];
+  d.done = d.block >= a.n_blocks || !any_live;
   if (!d.done && a.ctl[CTL_ITERS] >= a.max_iters) {
     a.ctl[CTL_ERROR] = 1;
     d.done = 1;
@@ -90,9 +102,9 @@ __host__ __device__ inline int ctl_write(const ControlArgs& a, const CtlDecision
   return branch;
 }
 
-ControlArgs make_control_args(const ControlSpec& s, const cudaGraphConditionalHandle* handles,
-                              int n_branches, cudaGraphConditionalHandle while_handle,
-                              int has_while);
+// The kernel's arguments for `s` with no conditional handles (a direct launch); the runner
+// fills the handle fields.
+ControlArgs make_control_args(const ControlSpec& s);
 ProgressArgs make_progress_args(const ProgressSpec& s);
 void* control_kernel_ptr();
 void* progress_kernel_ptr();

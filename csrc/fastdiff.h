@@ -35,6 +35,8 @@ struct ControlSpec {
   uint64_t ctl = 0;     // int32 [CTL_WORDS]
   uint64_t k = 0;       // int64 [B]: per-row k of the fixed schedule for the due step (or 0)
   uint64_t m0 = 0;      // int64 [B]: masks in the block at its start (scratch for k; or 0)
+  uint64_t cancel = 0;  // bool [B] set by the host while a generation runs (or 0): a cancelled
+                        // row counts as not active, like an early-stopped one
   int64_t mask_id = 0;
   int batch = 0, length = 0, prompt_len = 0, block_length = 0, n_blocks = 0;
   int steps_per_block = 0;  // fixed schedule's steps (0: threshold / factor, no k)
@@ -65,33 +67,48 @@ void progress_write(const ProgressSpec& spec, uint64_t stream);
 std::pair<uint64_t, uint64_t> host_alloc_mapped(int64_t nbytes);
 void host_free(uint64_t host_ptr);
 
-// The WHILE-loop graph: WHILE { control kernel; IF(branch == j) child graph j, j = 0..n-1;
-// progress kernel (optional) }. Instantiated once; launched per generation.
+// The WHILE-loop graph: WHILE { control kernel; pick step graph `branch`; progress kernel
+// (optional) }. The pick is one SWITCH node (case j: child graph j) where the headers (12.8+)
+// and the driver have it, else n sibling IF nodes (IF(branch == j): child graph j), each after
+// the control kernel, the progress kernel after all of them. Instantiated once; launched per
+// generation.
 class LoopGraph {
  public:
+  // use_switch: 1 switch (an error where unsupported), 0 IF nodes, -1 switch where supported.
   LoopGraph(const std::vector<uint64_t>& branches, const ControlSpec& control,
-            const ProgressSpec* progress);
+            const ProgressSpec* progress, int use_switch = -1);
   ~LoopGraph();
   LoopGraph(const LoopGraph&) = delete;
   LoopGraph& operator=(const LoopGraph&) = delete;
   void launch(uint64_t stream);
   int num_branches() const { return static_cast<int>(n_branches_); }
+  std::string kind() const { return switch_ ? "switch" : "if"; }  // what was built
 
  private:
   void build(const std::vector<uint64_t>& branches, const ControlSpec& control,
-             const ProgressSpec* progress);
+             const ProgressSpec* progress, int use_switch);
   void release();
   void* graph_ = nullptr;    // cudaGraph_t
   void* exec_ = nullptr;     // cudaGraphExec_t
-  void* handles_ = nullptr;  // device array of IF handles
+  void* handles_ = nullptr;  // device array of IF handles (IF mode)
   size_t n_branches_ = 0;
+  bool switch_ = false;
 };
 
 // Versions and which conditional-node APIs work here; never throws (errors become strings).
 std::map<std::string, std::string> conditional_support();
 
-// Builds and runs a WHILE { kernel; IF -> child graph } graph on a tiny counter and checks the
-// iteration counts: the end-to-end check of the mechanism, without torch. Throws on failure.
-std::map<std::string, int64_t> self_test(uint64_t stream);
+// Builds and runs WHILE { kernel; two sibling IF nodes -> child graphs } (use_switch: one
+// SWITCH node with two cases instead) on tiny counters, launches it twice and checks the counts:
+// the end-to-end check of the mechanism, without torch. Throws CudaError on failure (e.g. a
+// driver older than the runtime this was built with).
+// Returns {"iterations": 5, "if0_runs": 2, "if1_runs": 3} (switch: "case0_runs", "case1_runs").
+std::map<std::string, int64_t> self_test(uint64_t stream, bool use_switch = false);
+
+// The type of every node of a cudaGraph_t (top level, in cudaGraphGetNodes order): "kernel",
+// "memcpy", "memset", "host", "graph", "empty", "wait_event", "event_record",
+// "ext_semaphore_signal", "ext_semaphore_wait", "mem_alloc", "mem_free", "batch_mem_op",
+// "conditional", else "unknown(<n>)".
+std::vector<std::string> graph_node_types(uint64_t graph);
 
 }  // namespace fastdiff
