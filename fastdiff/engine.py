@@ -19,6 +19,7 @@ from .models.tokenizer import Tokenizer
 from .ops import get_ops
 
 Prompt = Union[str, Sequence[int], Sequence[dict]]
+KV_LENGTH_BUCKET = 256  # the KV store's length grows in multiples of this
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -108,27 +109,42 @@ class Engine:
         self._store: Optional[KVStore] = None  # allocated at the first cached request
         self._graph_cache = None
 
-    def kv_store(self) -> KVStore:
-        """The engine's KV cache, [layers, 2, max_batch_size, kv_heads, max_seq_len, head_dim]
-        (with graphs: sized for the largest batch and prompt bucket)."""
-        if self._store is None:
-            c = self.config
-            batch, length = self.max_batch_size, self.max_seq_len
-            if self.graphs:
-                from .decoding.graphs import PROMPT_BUCKET, batch_bucket
-                batch, length = batch_bucket(batch), length + PROMPT_BUCKET
-            self._store = KVStore(c.n_layers, batch, c.n_kv_heads, length, c.head_dim,
-                                  dtype=self.model.dtype, device=self.model.device)
+    def kv_store(self, batch: int, length: int) -> KVStore:
+        """The engine's KV cache, [layers, 2, batch, kv_heads, length + 1, head_dim], grown by
+        shape bucket as requests need it (batch to the next bucket, length to a multiple of
+        KV_LENGTH_BUCKET, at most max_batch_size and max_seq_len plus the prompt bucket); captured
+        graphs that hold the old store's address are dropped when it grows."""
+        from .decoding.buckets import PROMPT_BUCKET, batch_bucket
+        c = self.config
+        cap_b, cap_l = self.max_batch_size, self.max_seq_len
+        if self.graphs:
+            cap_b, cap_l = batch_bucket(cap_b), cap_l + PROMPT_BUCKET
+        batch, length = batch or cap_b, length or cap_l  # 0: the engine's largest request
+        if self._store is not None and self._store.fits(batch, length):
+            return self._store
+        want_b = max(batch, self._store.max_batch if self._store else 0)
+        want_l = max(length, self._store.max_len if self._store else 0)
+        want_b = min(batch_bucket(want_b) if want_b <= 64 else want_b, max(cap_b, batch))
+        want_l = min(-(-want_l // KV_LENGTH_BUCKET) * KV_LENGTH_BUCKET, max(cap_l, length))
+        self._store = None  # free the old one before allocating the new one
+        if self._graph_cache is not None:
+            self._graph_cache.clear()
+        self._store = KVStore(c.n_layers, want_b, c.n_kv_heads, want_l, c.head_dim,
+                              dtype=self.model.dtype, device=self.model.device)
         return self._store
 
-    def _decode(self, state: DecodeState, req: Request) -> None:
+    def _decode(self, state: DecodeState, gen: GenerationConfig) -> None:
         """The one loop, eager or as captured CUDA graphs (same tokens either way)."""
         if not self.graphs:
-            denoise(self.model, self.ops, state, req)
+            denoise(self.model, self.ops, state, self._request(gen, state.batch,
+                                                               state.x.shape[1]))
             return
+        from .decoding.buckets import batch_bucket, prompt_bucket
         if self._graph_cache is None:
             from .decoding.graphs import GraphCache
             self._graph_cache = GraphCache(self.model, self.ops, self.config.pad_token_id)
+        length = prompt_bucket(state.prompt_len) + state.gen_length
+        req = self._request(gen, batch_bucket(state.batch), length)
         self._graph_cache.decode(state, req)
 
     @classmethod
@@ -221,10 +237,12 @@ class Engine:
         state = DecodeState.from_prompts(ids, gen.gen_length, mask_id=self.config.mask_token_id,
                                          pad_id=self.config.pad_token_id,
                                          seeds=[seed] * len(ids), device=self.model.device)
-        self._decode(state, self._request(gen))
+        self._decode(state, gen)
         return self._completions(state)
 
-    def _request(self, gen: GenerationConfig) -> Request:
+    def _request(self, gen: GenerationConfig, batch: int = 0, length: int = 0) -> Request:
+        """The request's resolved strategies; with a KV cache, a store holding batch rows of
+        `length` columns (0: the engine's largest)."""
         strategy = make_strategy(gen.cache)
         eos = self.config.eos_token_id
         stop_ids = None
@@ -233,7 +251,7 @@ class Engine:
             stop_ids = torch.tensor(ids, dtype=torch.int64, device=self.model.device)
         return Request(scorer=Scorer.from_config(gen, eos, self.eot_id), policy=make_policy(gen),
                        strategy=strategy,
-                       store=self.kv_store() if strategy.needs_store else None,
+                       store=self.kv_store(batch, length) if strategy.needs_store else None,
                        block_length=gen.block_length, cfg_scale=float(gen.cfg_scale),
                        stop_ids=stop_ids, eos_id=eos)
 

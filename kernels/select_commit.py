@@ -7,8 +7,9 @@ confidences are eligible. Modes: top-k with a per-row k read from device memory 
 power of two >= the largest k, tl.topk; a full sort when K_MAX reaches the block), threshold
 (conf >= tau plus the single most confident) and factor (largest sorted prefix with
 c_i >= 1 - f / (i + 1), c_1 always). Also writes per-row counters: committed += n, left =
-eligible positions still uncommitted (0: the block is done).
-Semantics: fastdiff.ops.reference.select_{topk,threshold,factor}_commit."""
+eligible positions still uncommitted (0: the block is done) and, under COUNT, step += 1 and
+nfe += 1 for a row with any eligible position (it took part in this step).
+Semantics: fastdiff.ops.reference.select_{topk,threshold,factor}_commit and count_step."""
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -24,8 +25,9 @@ MIN_BLOCK = 16
 
 @triton.jit
 def _select_commit_kernel(x_ptr, x0_ptr, conf_ptr, bstart_ptr, param_ptr, commit_ptr,
-                          committed_ptr, left_ptr, L, Lb, stride_x, stride_x0, stride_conf,
-                          MODE: tl.constexpr, BLOCK_L: tl.constexpr, K_MAX: tl.constexpr):
+                          committed_ptr, left_ptr, step_ptr, nfe_ptr, L, Lb, stride_x,
+                          stride_x0, stride_conf, MODE: tl.constexpr, BLOCK_L: tl.constexpr,
+                          K_MAX: tl.constexpr, COUNT: tl.constexpr):
     b = tl.program_id(0)
     offs = tl.arange(0, BLOCK_L)
     inb = offs < Lb
@@ -59,7 +61,9 @@ def _select_commit_kernel(x_ptr, x0_ptr, conf_ptr, bstart_ptr, param_ptr, commit
             k = tl.maximum(tl.min(tl.where(fail, ranks, BLOCK_L), axis=0), 1)
         k = tl.minimum(k, n_elig)
         kth = tl.sum(tl.where(ranks == k - 1, top, tl.zeros_like(top)), axis=0)
-        commit = elig & (key >= kth) & (k > 0)
+        # k > 0 as a block compare: a scalar compare broadcast into a block mask has the
+        # wrong dtype under triton 3.9's interpreter ("mask has unsupported dtype")
+        commit = elig & (key >= kth) & (tl.zeros_like(offs) < k)
     bs = tl.load(bstart_ptr + b).to(tl.int64)
     cols = bs + offs
     x0 = tl.load(x0_ptr + b * stride_x0 + offs, mask=commit)
@@ -69,6 +73,10 @@ def _select_commit_kernel(x_ptr, x0_ptr, conf_ptr, bstart_ptr, param_ptr, commit
     n = tl.sum(commit.to(tl.int32), axis=0)
     tl.store(committed_ptr + b, tl.load(committed_ptr + b) + n)
     tl.store(left_ptr + b, n_elig - n)
+    if COUNT:  # the row took part in this step: it had an eligible position
+        took = tl.minimum(n_elig, 1)
+        tl.store(step_ptr + b, tl.load(step_ptr + b) + took.to(tl.int64))
+        tl.store(nfe_ptr + b, tl.load(nfe_ptr + b) + took)
 
 
 def _next_pow2(n: int) -> int:
@@ -118,14 +126,17 @@ def select_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
                   tau: Union[None, float, torch.Tensor] = None,
                   factor: Union[None, float, torch.Tensor] = None, k_max: Optional[int] = None,
                   committed: Optional[torch.Tensor] = None,
-                  left: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  left: Optional[torch.Tensor] = None, step: Optional[torch.Tensor] = None,
+                  nfe: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x [B, L] int (canvas, updated in place), x0 int [B, Lb], conf fp32 [B, Lb],
     block_start int [B], one of k int [B] / tau [B] / factor [B] -> commit bool [B, Lb].
 
     x[b, block_start[b] + j] = x0[b, j] where committed. k_max bounds every k (default Lb); a
     device-side k above next_pow2(k_max) is clamped to it. committed int32 [B] (optional) is
     incremented by each row's count; left int32 [B] (optional) is set to the number of eligible
-    (finite-confidence) positions left uncommitted, so the loop sees when a block is done."""
+    (finite-confidence) positions left uncommitted, so the loop sees when a block is done.
+    step int64 [B] and nfe int32 [B] (optional, together) get +1 in every row with at least one
+    finite confidence (reference.count_step), in the same launch."""
     modes = [name for name, v in (("topk", k), ("threshold", tau), ("factor", factor))
              if v is not None]
     if len(modes) != 1:
@@ -159,18 +170,23 @@ def select_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
         param = _param(k, B, torch.int32, dev, "k")
     else:
         param = _param(tau if mode == "threshold" else factor, B, torch.float32, dev, mode)
-    for name, t in (("committed", committed), ("left", left)):
-        if t is not None and (t.shape != (B,) or t.dtype != torch.int32 or t.device != dev):
-            raise ValueError(f"{name} must be int32 [B={B}] on {dev}")
+    for name, t, dt in (("committed", committed, torch.int32), ("left", left, torch.int32),
+                        ("step", step, torch.int64), ("nfe", nfe, torch.int32)):
+        if t is not None and (t.shape != (B,) or t.dtype != dt or t.device != dev):
+            raise ValueError(f"{name} must be {dt} [B={B}] on {dev}")
+    if (step is None) != (nfe is None):
+        raise ValueError("step and nfe are counted together: pass both or neither")
     cfg = pick_config(Lb, mode, k_max)
     commit = torch.empty((B, Lb), dtype=torch.int8, device=dev)
     if committed is None or left is None:
         scratch = torch.zeros((2, B), dtype=torch.int32, device=dev)
         committed = scratch[0] if committed is None else committed
         left = scratch[1] if left is None else left
+    count = step is not None
     _select_commit_kernel[(B,)](
         x, x0, conf, block_start, param, commit, committed, left,
+        step if count else committed, nfe if count else committed,  # unused without COUNT
         x.shape[1], Lb, x.stride(0), x0.stride(0), conf.stride(0),
-        MODE=cfg["MODE"], BLOCK_L=cfg["BLOCK_L"], K_MAX=cfg["K_MAX"],
+        MODE=cfg["MODE"], BLOCK_L=cfg["BLOCK_L"], K_MAX=cfg["K_MAX"], COUNT=count,
         num_warps=cfg["num_warps"])
     return commit.view(torch.bool)

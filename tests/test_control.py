@@ -3,11 +3,13 @@ kernel) drives the loop's own `step` from a host loop that reads only the contro
 between steps, as the host-replay fallback does: tokens, NFE and Philox counters must equal the
 eager `denoise` (fixed schedule with k taken from the device, threshold; caches none / prefix /
 dual; batch 1 and a padded batch of 3; early stop on and off). fp32 tiny writer checkpoint."""
+import dataclasses
+
 import pytest
 import torch
 
 from fastdiff import Engine, GenerationConfig
-from fastdiff.decoding.control import (CTL_BLOCK, CTL_ITERS, CTL_RUNNING, Control, ControlledTopK,
+from fastdiff.decoding.control import (CTL_BLOCK, CTL_ITERS, CTL_RUNNING, CTL_STEP, Control,
                                        ControlSpec)
 from fastdiff.decoding.loop import denoise, step
 from fastdiff.decoding.state import DecodeState
@@ -33,9 +35,8 @@ def run_controlled(engine, prompts, gen):
     state = fresh_state(engine, prompts, gen)
     req = engine._request(gen)
     ctl = Control(state, ControlSpec.for_request(req, state))
-    if req.policy.steps_per_block is not None:
-        req.policy = ControlledTopK(req.policy, ctl)  # k from the device, not from the host i
-    Lb, trace = req.block_length, []
+    req.policy.bind(state)
+    trace = []
     while True:
         ctl.update(state)
         f = ctl.read()
@@ -43,12 +44,11 @@ def run_controlled(engine, prompts, gen):
         if not f.running:
             break
         assert f.refresh == (f.step == 0)
-        assert f.branch == f.block * ctl.spec.phases + (f.step > 0 and ctl.spec.phases == 2)
-        start = state.prompt_len + f.block * Lb
-        if f.step == 0:
-            req.policy.begin_block(state, start, Lb)
+        assert f.branch == int(f.step > 0 and ctl.spec.phases == 2)  # one graph per phase
         trace.append((f.block, f.step))
-        step(engine.model, engine.ops, state, req, start, f.step)
+        # block and step index from the control words in device memory, as a captured step
+        step(engine.model, engine.ops, state, req, f.branch, ctl.ctl[CTL_BLOCK],
+             ctl.ctl[CTL_STEP])
     return state, ctl, trace
 
 
@@ -101,20 +101,27 @@ def test_early_stop_freezes_rows_and_ends_early(engine, prompts):
 
 
 def synthetic(x, active, mask_id=9, prompt_len=1):
+    """A state over canvas x with every per-row field, cancel (no row cancelled) included."""
     x = torch.tensor(x)
     B, L = x.shape
     i32, i64 = torch.int32, torch.int64
-    return DecodeState(x=x, positions=torch.zeros_like(x), kv_start=torch.zeros(B, dtype=i32),
-                       kv_end=torch.full((B,), L, dtype=i32), seed=torch.zeros(B, dtype=i64),
-                       step=torch.zeros(B, dtype=i64), nfe=torch.zeros(B, dtype=i32),
-                       active=torch.tensor(active),
-                       prompt_len=prompt_len, gen_length=L - prompt_len, mask_id=mask_id)
+    extra = {"cancel": torch.zeros(B, dtype=torch.bool), "m0": torch.zeros(B, dtype=i64)}
+    names = {f.name for f in dataclasses.fields(DecodeState)}
+    st = DecodeState(x=x, positions=torch.zeros_like(x), kv_start=torch.zeros(B, dtype=i32),
+                     kv_end=torch.full((B,), L, dtype=i32), seed=torch.zeros(B, dtype=i64),
+                     step=torch.zeros(B, dtype=i64), nfe=torch.zeros(B, dtype=i32),
+                     active=torch.tensor(active), prompt_len=prompt_len,
+                     gen_length=L - prompt_len, mask_id=mask_id,
+                     **{k: v for k, v in extra.items() if k in names})
+    st.cancel = extra["cancel"] if "cancel" not in names else st.cancel
+    return st
 
 
 def test_block_advance_waiting_and_stop_on_synthetic_state():
     M = 9
     st = synthetic([[1, M, M, M, M], [1, M, M, M, M]], [True, True])
-    ctl = Control(st, ControlSpec(block_length=2, n_blocks=2, steps_per_block=2, max_steps=2))
+    ctl = Control(st, ControlSpec(block_length=2, n_blocks=2, steps_per_block=2, max_steps=2,
+                                  per_block=True))
     ctl.update(st)
     f = ctl.read()
     assert (f.block, f.step, f.refresh, f.running, f.branch) == (0, 0, True, True, 0)
@@ -140,7 +147,7 @@ def test_max_steps_advances_and_error_guard():
     M = 9
     st = synthetic([[1, M, M, M, M]], [True])
     ctl = Control(st, ControlSpec(block_length=2, n_blocks=2, steps_per_block=0, max_steps=2,
-                                  phases=1))
+                                  phases=1, per_block=True))
     seen = []
     for _ in range(6):  # nothing commits: each block runs max_steps steps, then stop
         ctl.update(st)
@@ -179,6 +186,66 @@ def test_update_has_no_host_sync(engine, monkeypatch):
     assert ctl.read().running
 
 
+def test_cancelled_row_counts_as_stopped():
+    """A row cancelled mid-generation (state.cancel) is treated exactly like an early-stopped
+    one: the others no longer wait for its MASKs; cancelling every row ends the loop at the next
+    update. `active` itself is left to the step."""
+    M = 9
+    spec = ControlSpec(block_length=3, n_blocks=2, steps_per_block=0, max_steps=3, phases=2)
+    words = {}
+    for how in ("plain", "frozen", "cancelled"):
+        st = synthetic([[1, M, M, M, M, M, M]] * 2, [True, True])
+        ctl = Control(st, spec)
+        ctl.update(st)  # block 0, step 0
+        st.x[0, 1:4] = 5  # row 0 fills block 0; row 1 commits nothing
+        if how == "frozen":
+            st.active[1] = False
+        elif how == "cancelled":
+            st.cancel[1] = True
+        ctl.update(st)
+        words[how] = ctl.ctl.tolist()
+        assert st.active.tolist() == [True, how != "frozen"]
+    assert words["cancelled"] == words["frozen"], words
+    assert (words["cancelled"][CTL_BLOCK], words["plain"][CTL_BLOCK]) == (1, 0), words
+    st.cancel[:] = True  # the last state: every row cancelled
+    ctl.update(st)
+    f = ctl.read()
+    assert not f.running and f.branch == -1 and (f.block, f.iters) == (1, 2)
+
+
+def test_kernel_host_code_matches_the_mirror_with_cancel():
+    """The CUDA kernel's decision code (control_update_host: the same control.cuh functions the
+    kernel runs) and Control.update agree word for word when rows are cancelled one by one, with
+    a fixed schedule (k) and with a threshold; needs the built fastdiff._C."""
+    from fastdiff.ops import cuda_ext
+    ext = cuda_ext.load()
+    if ext is None:
+        pytest.skip("fastdiff._C is not built here: " + cuda_ext.BUILD_HINT)
+    if "cancel" not in (ext.ControlSpec.__init__.__doc__ or ""):
+        pytest.fail("fastdiff._C predates ControlSpec(cancel=...): rebuild it (" +
+                    cuda_ext.BUILD_HINT + ")")
+    M = 9
+    for steps, phases in [(3, 2), (0, 1)]:
+        gen = torch.Generator().manual_seed(steps)
+        st = synthetic([[1] + [M] * 8] * 4, [True] * 4)
+        spec = ControlSpec(block_length=4, n_blocks=2, steps_per_block=steps,
+                           max_steps=steps or 4, phases=phases, per_block=False)
+        mirror, host = Control(st, spec), Control(st, spec)
+        for n in range(20):
+            mirror.update(st)
+            ext.control_update_host(host.cuda_spec(ext, st))
+            assert host.ctl.tolist() == mirror.ctl.tolist(), (steps, n, host.ctl, mirror.ctl)
+            assert host.k.tolist() == mirror.k.tolist(), (steps, n)
+            f = mirror.read()
+            if not f.running:
+                break
+            blk = st.x[:, 1 + 4 * f.block:1 + 4 * (f.block + 1)]
+            blk[(torch.rand(blk.shape, generator=gen) < 0.3) & (blk == M)] = 5
+            if n < 4:
+                st.cancel[n] = True  # one more row cancelled per update: all of them by n = 3
+        assert not mirror.read().running and n == 4, (steps, n)
+
+
 def test_spec_validation():
     with pytest.raises(ValueError, match="phases"):
         ControlSpec(block_length=4, n_blocks=2, steps_per_block=2, max_steps=2, phases=3)
@@ -194,7 +261,7 @@ def test_static_branches_match_the_control_for_a_fixed_schedule(engine):
         gen = GenerationConfig(gen_length=32, block_length=8, steps=16, cache=cache)
         _, ctl, trace = run_controlled(engine, PROMPTS[:3], gen)
         s = ctl.spec
-        picked = [b * s.phases + (i > 0 and s.phases == 2) for b, i in trace]
+        picked = [int(i > 0 and s.phases == 2) for b, i in trace]  # one graph per phase
         assert static_branches(s) == picked
 
 

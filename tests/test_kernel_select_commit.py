@@ -127,6 +127,33 @@ def test_nonfinite_never_committed_and_int32_canvas():
     assert x.tolist() == [[MASK, MASK, MASK, 2, MASK, 4]]
 
 
+@pytest.mark.parametrize("rule", ["topk", "threshold", "factor"])
+def test_step_and_nfe_counters(monkeypatch, rule):
+    """step/nfe += 1, in the same launch, in every row that took part (any finite confidence),
+    as reference.count_step; rows with no finite confidence (frozen or done) are not counted."""
+    counter = count_launches(monkeypatch, sc, "_select_commit_kernel")
+    B, Lb, L = 4, 13, 30
+    x, x0, conf, bs = _inputs(B, Lb, L, seed=21)  # last row: all -inf
+    conf[1] = float("-inf")
+    conf[1, 3], conf[1, 7] = float("nan"), float("inf")  # not finite either
+    conf[0, 5] = conf[2, 0] = 0.5  # rows 0 and 2 take part
+    step = torch.tensor([0, 5, 2**40, 7])  # int64: beyond the int32 range
+    nfe = torch.tensor([3, 0, 9, 1], dtype=torch.int32)
+    expect_step, expect_nfe = step.clone(), nfe.clone()
+    ref.count_step(expect_step, expect_nfe, conf)
+    assert expect_step.tolist() == [1, 5, 2**40 + 1, 7] and expect_nfe.tolist() == [4, 0, 10, 1]
+    kw, reference = {
+        "topk": ({"k": torch.full((B,), 2, dtype=torch.int32)}, ref.select_topk_commit),
+        "threshold": ({"tau": 0.5}, ref.select_threshold_commit),
+        "factor": ({"factor": 1.0}, ref.select_factor_commit)}[rule]
+    xx = x.clone()
+    sc.select_commit(xx, x0, conf, bs, step=step, nfe=nfe, **kw)
+    assert_equal(step, expect_step, f"{rule}: step")
+    assert_equal(nfe, expect_nfe, f"{rule}: nfe")
+    assert_equal(xx, reference(x, x0, conf, bs, *kw.values()), f"{rule}: canvas")
+    assert counter.launches == 1
+
+
 def test_launcher_errors():
     x, x0, conf, bs = _inputs(2, 5, 9, seed=0)
     k = torch.tensor([1, 1], dtype=torch.int32)
@@ -142,6 +169,11 @@ def test_launcher_errors():
                          torch.tensor([0]), tau=0.5)
     with pytest.raises(ValueError, match="contiguous"):
         sc.select_commit(x, x0, torch.zeros(5, 2).t(), bs, k=k)
+    with pytest.raises(ValueError, match="step must be torch.int64"):
+        sc.select_commit(x, x0, conf, bs, k=k, step=torch.zeros(2, dtype=torch.int32),
+                         nfe=torch.zeros(2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="together"):
+        sc.select_commit(x, x0, conf, bs, k=k, step=torch.zeros(2, dtype=torch.int64))
 
 
 @pytest.mark.gpu
@@ -152,8 +184,14 @@ def test_gpu_select_commit_llada_shapes():
         x, x0, conf, bs = _inputs(B, Lb, L, seed=11, ties=ties)
         k = torch.randint(1, Lb + 1, (B,), dtype=torch.int32)
         xx = x.cuda()
-        sc.select_commit(xx, x0.cuda(), conf.cuda(), bs.cuda(), k=k.cuda(), k_max=Lb)
+        step = torch.zeros(B, dtype=torch.int64, device="cuda")
+        nfe = torch.zeros(B, dtype=torch.int32, device="cuda")
+        sc.select_commit(xx, x0.cuda(), conf.cuda(), bs.cuda(), k=k.cuda(), k_max=Lb, step=step,
+                         nfe=nfe)
         assert_equal(xx.cpu(), ref.select_topk_commit(x, x0, conf, bs, k), "gpu topk")
+        took = torch.isfinite(conf).any(1)
+        assert_equal(step.cpu(), took.long(), "gpu step")
+        assert_equal(nfe.cpu(), took.int(), "gpu nfe")
         for kw, fn in ((dict(tau=0.6), ref.select_threshold_commit),
                        (dict(factor=1.0), ref.select_factor_commit)):
             xx = x.cuda()

@@ -96,7 +96,7 @@ def step_floor_ms(model, kv_tokens: float, bandwidth: float) -> float:
     cfg = model.config
     weight_bytes = sum(t.numel() * t.element_size() for t in
                        [model.wte[:1], model.ln_f, model.lm_head] +
-                       [w for layer in model.layers for w in vars(layer).values()])
+                       [w for layer in model.layers for w in layer.tensors()])
     kv_bytes = kv_tokens * 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * model.wte.element_size()
     return 1e3 * (weight_bytes + kv_bytes) / bandwidth
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import GenerationConfig
+from ..decoding.cache import CACHED, REFRESH
 from ..decoding.loop import step
 from ..decoding.state import DecodeState
 from . import env
@@ -26,8 +27,8 @@ def time_steps(engine, *, batch: int, context: int, block_length: int = 32, warm
     req = engine._request(gen)
     state = DecodeState.from_prompts(prompts, gen_length, mask_id=cfg.mask_token_id,
                                      pad_id=cfg.pad_token_id, seeds=[0] * batch, device=dev)
-    start = prompt_len + block_length  # the last block
-    req.policy.begin_block(state, start, block_length)
+    block = 1  # the last block
+    req.policy.bind(state)
     bandwidth = env.copy_bandwidth(dev)
     rows = []
     with torch.inference_mode():
@@ -37,8 +38,8 @@ def time_steps(engine, *, batch: int, context: int, block_length: int = 32, warm
 
             def once():
                 state.x.copy_(x0)  # every repeat sees the same masked block
-                step(engine.model, engine.ops, state, req, start, i)
-            step(engine.model, engine.ops, state, req, start, 0)  # fill the cache
+                step(engine.model, engine.ops, state, req, min(i, CACHED), block, i)
+            step(engine.model, engine.ops, state, req, REFRESH, block, 0)  # fill the cache
             times = env.timed(once, dev, warmup=warmup, repeats=repeats)
             ms = 1e3 * env.median(times)
             floor = step_floor_ms(engine.model, kv * batch, bandwidth)

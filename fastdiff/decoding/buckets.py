@@ -44,5 +44,6 @@ def bucket_state(state: DecodeState, batch: int, prompt_len: int, pad_id: int) -
         kv_start=rows(state.kv_start + extra, None),
         kv_end=torch.full((batch,), L, dtype=torch.int32, device=dev),
         seed=rows(state.seed, None), step=rows(state.step, 0), nfe=rows(state.nfe, 0),
-        active=rows(state.active, False), prompt_len=prompt_len, gen_length=state.gen_length,
+        active=rows(state.active, False), cancel=rows(state.cancel, False),
+        m0=rows(state.m0, 0), prompt_len=prompt_len, gen_length=state.gen_length,
         mask_id=state.mask_id)

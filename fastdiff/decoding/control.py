@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from .policies import TopKSchedule, scheduled_k
+from .policies import scheduled_k
 from .state import DecodeState
 
 # control words, int32 ctl[CTL_WORDS]; the same indices as csrc/fastdiff.h
@@ -39,7 +39,7 @@ class ControlSpec:
     steps_per_block: int
     max_steps: int
     phases: int = 2
-    per_block: bool = True
+    per_block: bool = False
 
     def __post_init__(self) -> None:
         if self.block_length < 1 or self.n_blocks < 1 or self.max_steps < 1:
@@ -48,7 +48,7 @@ class ControlSpec:
             raise ValueError(f"steps_per_block must be >= 0 and phases 1 or 2: {self}")
 
     @classmethod
-    def for_request(cls, req, state: DecodeState, *, per_block: bool = True) -> "ControlSpec":
+    def for_request(cls, req, state: DecodeState, *, per_block: bool = False) -> "ControlSpec":
         Lb = req.block_length
         steps = req.policy.steps_per_block or 0
         return cls(block_length=Lb, n_blocks=state.gen_length // Lb, steps_per_block=steps,
@@ -104,17 +104,20 @@ class Control:
         return torch.where(block < s.n_blocks, masks, 0)
 
     def update(self, state: DecodeState) -> None:
-        """Decide the due step from the state after the previous one (device ops only)."""
+        """Decide the due step from the state after the previous one (device ops only). A row
+        cancelled in state.cancel (when the state has that field) counts as not active."""
         s, ctl = self.spec, self.ctl
+        cancel = getattr(state, "cancel", None)  # bool [B], set by the host mid-generation
+        rows = state.active if cancel is None else state.active & ~cancel  # [B] live rows
         running = ctl[CTL_RUNNING] != 0
         block, i = ctl[CTL_BLOCK], ctl[CTL_STEP] + 1
         masks = self._block_masks(state, block)
-        live = (state.active & (masks > 0)).any()
+        live = (rows & (masks > 0)).any()
         adv = ~(live & (i < s.max_steps))  # block complete or out of steps: advance, once
         block = block + adv.int()
         i = torch.where(adv, 0, i)
         masks = torch.where(adv, self._block_masks(state, block), masks)
-        done = (block >= s.n_blocks) | ~state.active.any()
+        done = (block >= s.n_blocks) | ~rows.any()
         error = ~done & (ctl[CTL_ITERS] >= s.max_iters)
         done = ~running | done | error
         go = ~done
@@ -137,29 +140,22 @@ class Control:
                      w[CTL_BRANCH], w[CTL_ITERS], bool(w[CTL_ERROR]))
 
     def cuda_spec(self, ext, state: DecodeState):
-        """The same control for the CUDA kernel: fastdiff._C.ControlSpec on these tensors."""
+        """The same control for the CUDA kernel: fastdiff._C.ControlSpec on these tensors
+        (state.cancel, when the state has one, is read by address: keep that tensor)."""
         s = self.spec
         fixed = s.steps_per_block > 0
+        cancel = getattr(state, "cancel", None)
+        if cancel is not None and (cancel.dtype != torch.bool or cancel.shape != (state.batch,)
+                                   or cancel.device != state.x.device
+                                   or not cancel.is_contiguous()):
+            raise ValueError(f"state.cancel must be a contiguous bool [{state.batch}] tensor on "
+                             f"{state.x.device}, got {cancel.dtype} {tuple(cancel.shape)} on "
+                             f"{cancel.device}")
         return ext.ControlSpec(
             x=state.x.data_ptr(), active=state.active.data_ptr(), ctl=self.ctl.data_ptr(),
             k=self.k.data_ptr() if fixed else 0, m0=self.m0.data_ptr() if fixed else 0,
             mask_id=state.mask_id, batch=state.batch, length=state.x.shape[1],
             prompt_len=state.prompt_len, block_length=s.block_length, n_blocks=s.n_blocks,
             steps_per_block=s.steps_per_block, max_steps=s.max_steps, phases=s.phases,
-            per_block=int(s.per_block), max_iters=s.max_iters)
-
-
-class ControlledTopK(TopKSchedule):
-    """The fixed schedule with k read from the control's device tensor, so a step does not
-    depend on the host step index i (what a captured step graph needs)."""
-
-    def __init__(self, schedule: TopKSchedule, control: Control) -> None:
-        super().__init__(schedule.steps_per_block)
-        self.control = control
-
-    def begin_block(self, state: DecodeState, start: int, length: int) -> None:
-        """Nothing: the control kernel records the block's masks at its first step."""
-
-    def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
-               block_start: torch.Tensor, i: int) -> torch.Tensor:
-        return ops.select_topk_commit(state.x, x0, conf, block_start, self.control.k)
+            per_block=int(s.per_block), max_iters=s.max_iters,
+            cancel=0 if cancel is None else cancel.data_ptr())

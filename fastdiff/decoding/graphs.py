@@ -2,34 +2,42 @@
 
 Per shape bucket (batch, prompt length, gen length, block length, cache mode, policy, scorer) a
 `GraphRunner` owns a static DecodeState and a Control, warms the loop's `step` up, then captures
-one step graph per branch: per block (the current `step` takes its block start as a host int, so
-spans and slices differ per block) and per phase (refresh forward at a block's first step, cached
-step after it, when a KV cache is used). Then, in order of preference:
-- "while": fastdiff._C.LoopGraph: WHILE { control kernel; IF(branch == j) step graph j;
-  progress kernel }: the control kernel advances the block, picks refresh or cached, stops, and
-  the host only launches (zero round trips until the result is read);
+one step graph per phase, whatever the number of blocks: the step reads its block and step index
+from the control words in device memory, so a cache mode with a refresh forward has two graphs
+(refresh, cached step) and no cache has one. Then, in order of preference:
+- "while": fastdiff._C.LoopGraph: WHILE { control kernel; one SWITCH (or sibling IF nodes) on
+  the branch -> step graph; progress kernel }: the control kernel advances the block, picks
+  refresh or cached, stops, and the host only launches (zero round trips until the result is
+  read). Any failure to build it (a node type conditional bodies reject, an old driver) is
+  logged and falls back to replay;
 - "replay": the host replays the step graphs, reading the control flags between steps when the
   step sequence depends on the data (threshold / factor or early stop; one 32-byte read per
   step) and never when it does not (fixed schedule, no early stop). Used when fastdiff._C is
-  missing or the driver lacks conditional nodes.
+  missing, cannot run here (its self test failed once: never used, replay included, then the
+  control's torch mirror runs) or the driver lacks conditional nodes.
 All captures share one memory pool: a step's results are written in place into the static state
 and KV store (never into the pool), and the graphs never run concurrently, so any replay order
 is safe. Nothing here touches CUDA at import time."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from dataclasses import replace
+from collections import OrderedDict
 from typing import Iterator
 
 import torch
 
 from ..ops import cuda_ext
 from .buckets import BATCH_BUCKETS, PROMPT_BUCKET, batch_bucket, bucket_state, prompt_bucket
-from .control import Control, ControlledTopK, ControlSpec
+from .cache import CACHED, REFRESH
+from .control import CTL_BLOCK, CTL_STEP, Control, ControlSpec
 from .loop import Request, step
 from .progress import Progress, ProgressBuffer
 from .state import DecodeState
+
+
+log = logging.getLogger(__name__)
 
 
 def static_branches(spec: ControlSpec) -> list[int]:
@@ -46,6 +54,8 @@ class CudaGraphCapture:
     """Captures the step into torch CUDA graphs (keep_graph: the WHILE runner clones the raw
     cudaGraph_t), all in one memory pool, after a warm-up on a side stream (Triton compiles and
     autotunes before capture)."""
+
+    supports_while = True
 
     def __init__(self) -> None:
         self.pool = None
@@ -67,6 +77,8 @@ class CudaGraphCapture:
 
 class EagerCapture:
     """Stand-in "graphs" that call the step: runs the runner's host-replay logic on the CPU."""
+
+    supports_while = False
 
     class Graph:
         def __init__(self, fn) -> None:
@@ -97,12 +109,10 @@ class GraphRunner:
         if mode not in ("auto", "while", "replay"):
             raise ValueError(f"mode={mode!r} is invalid; allowed: 'auto', 'while', 'replay'")
         self.model, self.ops, self.state = model, ops, state
-        self.spec = ControlSpec.for_request(req, state, per_block=True)
+        self.spec = ControlSpec.for_request(req, state, per_block=False)
         self.control = Control(state, self.spec)
-        if req.policy.steps_per_block is not None:
-            req = replace(req, policy=ControlledTopK(req.policy, self.control))
         self.req = req
-        self.ext = cuda_ext.load() if use_ext else None
+        self.ext = cuda_ext.load_runnable() if use_ext else None
         self.capturer = capture or CudaGraphCapture()
         self.mode = self._pick_mode(mode)
         self.progress = ProgressBuffer(self.ext, state.batch, state.gen_length) \
@@ -112,6 +122,7 @@ class GraphRunner:
         self.graphs = self._capture(warmup)
         self.loop = self._build_loop() if self.mode == "while" else None
         if self.loop is None:
+            self.mode = "replay" if self.mode == "while" else self.mode
             for g in self.graphs:
                 g.instantiate()
 
@@ -121,18 +132,20 @@ class GraphRunner:
             return mode
         support = self.ext.conditional_support() if self.ext is not None else {}
         ok = support.get("while_node") == "ok" and support.get("if_node") == "ok" and \
-            isinstance(self.capturer, CudaGraphCapture) and \
-            hasattr(torch.cuda.CUDAGraph, "raw_cuda_graph")
+            getattr(self.capturer, "supports_while", False)
         if mode == "while" and not ok:
             raise RuntimeError(f"mode='while' needs fastdiff._C and conditional graph nodes: "
                                f"{cuda_ext.conditional_support()}")
         return "while" if ok else "replay"
 
-    def _branches(self) -> list[tuple[int, int]]:
-        """(block start, step index standing for its phase) of each branch, in branch order."""
-        s, P = self.spec, self.state.prompt_len
-        return [(P + b * s.block_length, phase) for b in range(s.n_blocks)
-                for phase in range(s.phases)]
+    def _phases(self) -> list[int]:
+        """The phase of each branch, in branch order: [REFRESH, CACHED] or [REFRESH]."""
+        return [REFRESH, CACHED][: self.spec.phases]
+
+    def _step(self, phase: int) -> None:
+        """One step reading its block and step index from the control words (device)."""
+        ctl = self.control.ctl
+        step(self.model, self.ops, self.state, self.req, phase, ctl[CTL_BLOCK], ctl[CTL_STEP])
 
     def _snapshot(self) -> list[torch.Tensor]:
         return [getattr(self.state, name).clone() for name in DecodeState.STEPPED]
@@ -143,23 +156,34 @@ class GraphRunner:
         self.control.reset()
 
     def _capture(self, warmup: int) -> list:
-        req, st, cap = self.req, self.state, self.capturer
-        req.policy.begin_block(st, st.prompt_len, self.spec.block_length)  # device tensors
+        st, cap = self.state, self.capturer
+        self.req.policy.bind(st)  # device tensors, before capture
 
         def warm() -> None:
             for _ in range(warmup):
-                for start, i in self._branches():
+                for phase in self._phases():
                     self.control.update(st)
-                    step(self.model, self.ops, st, req, start, i)
+                    self._step(phase)
 
         cap.warmup(warm)
         self._restore(self._initial)
-        return [cap.capture(lambda start=start, i=i: step(self.model, self.ops, st, req, start, i))
-                for start, i in self._branches()]
+        return [cap.capture(lambda phase=phase: self._step(phase)) for phase in self._phases()]
 
     def _build_loop(self):
-        return self.ext.LoopGraph([g.raw_cuda_graph() for g in self.graphs],
-                                  self._control_spec, self._progress_spec)
+        """The WHILE graph, or None (logged) when building it fails: replay then runs."""
+        try:
+            raws = [g.raw_cuda_graph() for g in self.graphs]
+            if hasattr(self.ext, "graph_node_types"):
+                for j, raw in enumerate(raws):
+                    log.info("step graph %d (%s) node types: %s", j,
+                             ["refresh", "cached"][j] if self.spec.phases == 2 else "step",
+                             sorted(set(self.ext.graph_node_types(raw))))
+            return self.ext.LoopGraph(raws, self._control_spec, self._progress_spec)
+        except Exception as e:  # noqa: BLE001 (any CUDA or binding failure: replay instead)
+            log.warning("fastdiff: building the WHILE loop graph failed (%s: %s); falling back "
+                        "to host replay of the step graphs (same tokens, one flag read per "
+                        "step)", type(e).__name__, e)
+            return None
 
     # ------------------------------------------------------------------------- running
     def load(self, state: DecodeState) -> None:
@@ -173,6 +197,18 @@ class GraphRunner:
         self.control.reset()  # also the progress sequence counter
         if self.progress is not None:
             self.progress.array.zero_()
+
+    def cancel(self, row: int) -> None:
+        """Cancel one row of the running (or next) generation: its cancel flag is set from a
+        side stream, so it lands while a launched loop runs; the next step freezes the row
+        like an early-stopped one and the other rows are undisturbed."""
+        flag = self.state.cancel[row:row + 1]
+        if flag.device.type != "cuda":
+            flag.fill_(True)
+            return
+        side = torch.cuda.Stream(device=flag.device)
+        with torch.cuda.stream(side):
+            flag.fill_(True)
 
     def set_policy_value(self, value: float) -> None:
         """Per-request threshold / factor of a captured threshold or factor policy."""
@@ -193,7 +229,8 @@ class GraphRunner:
         """Host replay: the control update on the device (the CUDA kernel, else its torch
         mirror), then the step graph it picked."""
         s, data_dependent = self.spec, self._data_dependent()
-        stream = torch.cuda.current_stream().cuda_stream if self.ext is not None else 0
+        cuda = self.ext is not None and self.state.x.is_cuda
+        stream = torch.cuda.current_stream().cuda_stream if cuda else 0
         if not data_dependent:  # fixed schedule, no early stop: the sequence is known
             for branch in static_branches(s):
                 self._control_update(stream)
@@ -277,18 +314,28 @@ class GraphCache:
     launch and copy out (device copies: nothing is read back)."""
 
     def __init__(self, model, ops, pad_id: int, *, mode: str = "auto", capture=None,
-                 use_ext: bool = True) -> None:
+                 use_ext: bool = True, max_runners: int = 8) -> None:
+        """max_runners bounds the captured shape buckets (each holds its graphs' memory pool):
+        the least recently used one is dropped when a new bucket needs room."""
+        if max_runners < 1:
+            raise ValueError(f"max_runners={max_runners} is invalid: expected >= 1")
         self.model, self.ops, self.pad_id, self.mode = model, ops, pad_id, mode
         self._capture, self._use_ext = capture, use_ext
-        self.runners: dict = {}
+        self.max_runners = max_runners
+        self.runners: OrderedDict = OrderedDict()
+
+    def clear(self) -> None:
+        """Drop every runner (their graphs hold addresses of a KV store being replaced)."""
+        self.runners.clear()
 
     @staticmethod
     def key(state: DecodeState, req: Request) -> tuple:
         """What a captured graph bakes in besides the tensors' values."""
         pol = req.policy
+        store = req.store.data.data_ptr() if req.store is not None else None
         return (state.batch, state.prompt_len, state.gen_length, req.block_length,
                 req.strategy.name, req.scorer, type(pol).__name__, pol.steps_per_block,
-                req.stop_ids is not None, req.eos_id, req.cfg_scale)  # stop ids: per engine
+                req.stop_ids is not None, req.eos_id, req.cfg_scale, store)  # stop ids: engine
 
     def decode(self, state: DecodeState, req: Request) -> DecodeState:
         B, P = state.batch, state.prompt_len
@@ -296,11 +343,14 @@ class GraphCache:
         key = self.key(big, req)
         runner = self.runners.get(key)
         if runner is None:
+            while len(self.runners) >= self.max_runners:
+                self.runners.popitem(last=False)  # least recently used
             static = bucket_state(big, big.batch, big.prompt_len, self.pad_id)  # a copy
             capture = self._capture() if self._capture is not None else None
             runner = GraphRunner(self.model, self.ops, static, req, mode=self.mode,
                                  capture=capture, use_ext=self._use_ext)
             self.runners[key] = runner
+        self.runners.move_to_end(key)
         runner.load(big)
         if req.policy.steps_per_block is None:  # threshold / factor: value not baked in
             runner.set_policy_value(req.policy.value)

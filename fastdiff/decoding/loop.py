@@ -1,16 +1,24 @@
 """The one denoising loop (dllm-spec.md sections 3-4). Strategies are objects it consults:
 the scorer (x0 + confidence), the unmasking policy (top-k schedule, threshold, factor) and the
-cache strategy (none, prefix, dual)."""
+cache strategy (none, prefix, dual).
+
+A step is a fixed sequence of device ops: prepare (what to feed, score and commit, from the
+canvas and the block/step index), the forward, the fused LM head + confidence, select + commit
+(which also counts the step for the rows that took part) and, with early stop, the freeze test.
+The block and step index are host ints in the eager loop and device scalars written by the
+control kernel in captured graphs, so one captured graph per phase serves every block."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Union
 
 import torch
 
-from .cache import KVStore, NoCache, forward_span
+from .cache import CACHED, REFRESH, Feed, KVStore, NoCache
 from .policies import Scorer
 from .state import DecodeState
+
+Index = Union[int, torch.Tensor]
 
 
 @dataclass
@@ -27,60 +35,68 @@ class Request:
     eos_id: int = 0
 
 
-def _hidden(model, state: DecodeState, req: Request, lo: int, hi: int) -> torch.Tensor:
-    """Forward over columns [lo, hi) -> hidden [B, hi - lo, d]. Classifier-free guidance (no
-    cache only): one batched forward over [x ; x with the prompt masked], combined as
-    u + (s + 1)(c - u) on final hidden states, which equals guidance on logits (linear head)."""
+def _hidden(model, state: DecodeState, req: Request, feed: Feed, prep) -> torch.Tensor:
+    """The forward over the fed span -> final hidden states of the block rows [B, Lb, d].
+    Classifier-free guidance (no cache only): one batched forward over [x ; x with the prompt
+    masked], combined as u + (s + 1)(c - u) on final hidden states, which equals guidance on
+    logits (linear head)."""
+    rows = None if feed.S == req.block_length else prep.rows  # S == Lb: rows are 0..Lb-1
     if req.cfg_scale <= 0:
-        return forward_span(model, state, req.strategy, req.store, lo, hi)
-    x = state.x
-    un_x = x.clone()
+        store = req.store.data if req.strategy.needs_store else None
+        return model.forward(prep.ids, prep.pos, state.kv_start, state.kv_end, slot=prep.slot,
+                             store=store, length=state.x.shape[1], rows=rows)
+    un_x = prep.ids.clone()  # feed = the whole canvas
     un_x[:, : state.prompt_len] = state.mask_id  # padding counts as prompt
-    both = model.forward(torch.cat([x, un_x]), state.positions.repeat(2, 1),
-                         state.kv_start.repeat(2), state.kv_end.repeat(2))
+    both = model.forward(torch.cat([prep.ids, un_x]), prep.pos.repeat(2, 1),
+                         state.kv_start.repeat(2), state.kv_end.repeat(2),
+                         rows=None if rows is None else rows.repeat(2, 1))
     c, u = both.float().chunk(2)
     return (u + (req.cfg_scale + 1) * (c - u)).to(both.dtype)
 
 
-def step(model, ops, state: DecodeState, req: Request, start: int, i: int) -> None:
-    """Step i of the block at column `start`: forward, score, commit, count, early stop.
-    Device work only: no host reads of tensor values."""
-    Lb, L = req.block_length, state.x.shape[1]
-    lo, hi = req.strategy.span(start, Lb, L, refresh=i == 0)
-    hidden = _hidden(model, state, req, lo, hi)  # [B, hi - lo, d]
-    live = state.live_masks(start, Lb)  # [B, Lb]
-    cols = torch.arange(start - lo, start - lo + Lb, device=live.device, dtype=torch.int32)
-    row_map = torch.where(live, cols[None], -1)
-    B = state.batch
-    block_start = torch.full((B,), start, dtype=torch.int32, device=live.device)
-    pos_base = torch.full((B,), start - state.prompt_len, dtype=torch.int64, device=live.device)
-    x0, conf = req.scorer(ops, hidden, row_map, model.lm_head[: model.config.vocab_size],
-                          state, pos_base)
-    req.policy.commit(ops, state, x0, conf, block_start, i)
-    took_part = live.any(1)  # waiting (block complete) and frozen rows do not count
-    state.step += took_part
-    state.nfe += took_part
+def step(model, ops, state: DecodeState, req: Request, phase: int, block: Index,
+         i: Index) -> None:
+    """Step i of block `block` (host ints, or int32 device scalars in captured graphs); phase
+    REFRESH or CACHED picks the fed span. Device work only: no host reads of tensor values."""
+    Lb, L, P = req.block_length, state.x.shape[1], state.prompt_len
+    start = P + block * Lb if isinstance(block, int) else None
+    feed = req.strategy.feed(phase, P, L, Lb, start)
+    prep = ops.step_prepare(state.x, state.positions, state.active, state.cancel, state.m0,
+                            block=block, i=i, prompt_len=P, block_length=Lb, lo=feed.lo,
+                            S=feed.S, write_from_block=feed.write_from_block,
+                            steps=req.policy.steps_per_block or 0, mask_id=state.mask_id)
+    hidden = _hidden(model, state, req, feed, prep)  # [B, Lb, d]
+    x0, conf = req.scorer(ops, hidden, prep.row_map, model.lm_head[: model.config.vocab_size],
+                          state, prep.pos_base)
+    req.policy.commit(ops, state, x0, conf, prep)
     if req.stop_ids is not None:
-        state.freeze_finished(req.stop_ids, req.eos_id)
+        ops.freeze_finished(state.x, state.active, P, req.stop_ids, req.eos_id, state.mask_id)
 
 
-def denoise(model, ops, state: DecodeState, req: Request, *, check_every: int = 1) -> DecodeState:
+def denoise(model, ops, state: DecodeState, req: Request, *, check_every: int = 1,
+            on_step: Optional[Callable[[DecodeState, int, int], None]] = None) -> DecodeState:
     """Run every block to completion, updating `state` in place.
 
-    With the fixed schedule the number of steps is known and nothing is read back. With a
-    threshold / factor (or early stop) a block runs until no live MASK is left: the host reads
-    one flag between steps, every `check_every` steps (the fallback for the device-side WHILE
-    loop; extra steps on a complete block change nothing and count no NFE)."""
+    With the fixed schedule the number of steps is known and nothing is read back within a
+    block. With a threshold / factor (or early stop) a block runs until no live MASK is left:
+    the host reads one flag between steps, every `check_every` steps (the fallback for the
+    device-side WHILE loop; extra steps on a complete block change nothing and count no NFE),
+    and between blocks whether any row is still active (early stop, cancel). A cancelled row
+    (state.cancel) is frozen by the next step in every mode.
+    on_step(state, block, i): called after each step (streaming, tests)."""
     Lb = req.block_length
     fixed = req.policy.steps_per_block
+    req.policy.bind(state)
     for b in range(state.gen_length // Lb):
         start = state.prompt_len + b * Lb
-        req.policy.begin_block(state, start, Lb)
         for i in range(req.policy.max_steps(Lb)):
             if i > 0 and (fixed is None or req.stop_ids is not None) and i % check_every == 0:
                 if not bool(state.live_masks(start, Lb).any()):  # between steps
                     break
-            step(model, ops, state, req, start, i)
-        if req.stop_ids is not None and not bool(state.active.any()):
+            step(model, ops, state, req, REFRESH if i == 0 else CACHED, b, i)
+            if on_step is not None:
+                on_step(state, b, i)
+        if (fixed is None or req.stop_ids is not None) and \
+                not bool((state.active & ~state.cancel).any()):
             break
     return state

@@ -45,23 +45,26 @@ def scheduled_k(masked: torch.Tensor, steps: int, i) -> torch.Tensor:
 
 
 class TopKSchedule:
-    """LLaDA's fixed schedule, per row on the device (scheduled_k)."""
+    """LLaDA's fixed schedule, per row on the device: the step's k (scheduled_k of the block's
+    MASK count at its first step) comes from the step's prepare op."""
 
     def __init__(self, steps_per_block: int) -> None:
         self.steps_per_block = steps_per_block
-        self._masked: Optional[torch.Tensor] = None  # [B] masks at block start
 
     def max_steps(self, block_length: int) -> int:
         return self.steps_per_block
 
-    def begin_block(self, state: DecodeState, start: int, length: int) -> None:
-        self._masked = (state.x[:, start:start + length] == state.mask_id).sum(1)
+    def bind(self, state: DecodeState) -> None:
+        """Nothing to allocate: k lives in the step's prepared tensors."""
 
     def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
-               block_start: torch.Tensor, i: int) -> torch.Tensor:
-        """Commit step i's k tokens per row into state.x; returns the commit mask [B, Lb]."""
-        k = scheduled_k(self._masked, self.steps_per_block, i)  # [B]
-        return ops.select_topk_commit(state.x, x0, conf, block_start, k)
+               prep) -> torch.Tensor:
+        """Commit the step's k tokens per row into state.x and count the step for the rows that
+        took part; returns the commit mask [B, Lb]."""
+        Lb = conf.shape[1]
+        return ops.select_topk_commit(state.x, x0, conf, prep.block_start, prep.k,
+                                      k_max=-(-Lb // self.steps_per_block), step=state.step,
+                                      nfe=state.nfe)
 
 
 class _PerRowValuePolicy:
@@ -79,7 +82,8 @@ class _PerRowValuePolicy:
     def max_steps(self, block_length: int) -> int:
         return block_length  # every step commits at least one token per live row
 
-    def begin_block(self, state: DecodeState, start: int, length: int) -> None:
+    def bind(self, state: DecodeState) -> None:
+        """Allocate the per-row values on the state's device (once per policy)."""
         if self._values is None:
             self._values = torch.full((state.batch,), self.value, dtype=torch.float32,
                                       device=state.x.device)
@@ -91,9 +95,11 @@ class _PerRowValuePolicy:
             self._values.fill_(value)
 
     def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
-               block_start: torch.Tensor, i: int) -> torch.Tensor:
-        """Commit into state.x by the subclass's select op; returns the commit mask [B, Lb]."""
-        return getattr(ops, self.op)(state.x, x0, conf, block_start, self._values)
+               prep) -> torch.Tensor:
+        """Commit into state.x by the subclass's select op and count the step for the rows
+        that took part; returns the commit mask [B, Lb]."""
+        return getattr(ops, self.op)(state.x, x0, conf, prep.block_start, self._values,
+                                     step=state.step, nfe=state.nfe)
 
 
 class ThresholdPolicy(_PerRowValuePolicy):

@@ -14,7 +14,10 @@ class DecodeState:
     positions [B, L] int64: RoPE positions, token j of row b at j - pad_b (pads clamped to 0);
     kv_start/kv_end [B] int32: the row's valid keys [pad_b, L); seed [B] int64: Philox key;
     step [B] int64: the row's forward counter (Philox counter); nfe [B] int32: forwards the row
-    took part in; active [B] bool: False once a row is frozen by early stop."""
+    took part in; active [B] bool: False once a row is frozen (early stop or cancel); cancel
+    [B] bool: set by the host to cancel a row while the loop runs (the next step freezes it;
+    only the host writes it); m0 [B] int64: the current block's MASK count at its first step
+    (the fixed schedule's k derives from it)."""
 
     x: torch.Tensor
     positions: torch.Tensor
@@ -24,14 +27,16 @@ class DecodeState:
     step: torch.Tensor
     nfe: torch.Tensor
     active: torch.Tensor
+    cancel: torch.Tensor
+    m0: torch.Tensor
     prompt_len: int  # P: generation starts at column P in every row
     gen_length: int
     mask_id: int
 
     # tensor fields by role: the per-row counters a step changes, with x all that a step writes
     COUNTERS = ("step", "nfe", "active")
-    STEPPED = ("x",) + COUNTERS
-    TENSORS = ("x", "positions", "kv_start", "kv_end", "seed") + COUNTERS
+    STEPPED = ("x", "m0") + COUNTERS
+    TENSORS = ("x", "positions", "kv_start", "kv_end", "seed", "cancel", "m0") + COUNTERS
 
     @classmethod
     def from_prompts(cls, prompts: list[list[int]], gen_length: int, *, mask_id: int, pad_id: int,
@@ -49,6 +54,8 @@ class DecodeState:
                    step=torch.zeros(B, dtype=torch.int64, device=device),
                    nfe=torch.zeros(B, dtype=torch.int32, device=device),
                    active=torch.ones(B, dtype=torch.bool, device=device),
+                   cancel=torch.zeros(B, dtype=torch.bool, device=device),
+                   m0=torch.zeros(B, dtype=torch.int64, device=device),
                    prompt_len=P, gen_length=gen_length, mask_id=mask_id)
 
     @property
@@ -61,17 +68,5 @@ class DecodeState:
 
     def live_masks(self, start: int, length: int) -> torch.Tensor:
         """[B, length] bool: still-masked block positions of rows not frozen."""
-        return (self.x[:, start:start + length] == self.mask_id) & self.active[:, None]
-
-    def freeze_finished(self, stop_ids: torch.Tensor, eos_id: int) -> None:
-        """Early stop (dllm-spec.md section 4), on the device: a row whose first EOS/EoT in the
-        generation has every position before it committed gets EOS after it and is frozen."""
-        gen = self.x[:, self.prompt_len:]  # [B, G] view
-        G = gen.shape[1]
-        cols = torch.arange(G, device=gen.device)[None]
-        is_stop = torch.isin(gen, stop_ids)
-        first = torch.where(is_stop.any(1), is_stop.to(torch.int32).argmax(1), G)[:, None]
-        masks_before = ((gen == self.mask_id) & (cols < first)).any(1)
-        done = self.active & is_stop.any(1) & ~masks_before  # [B]
-        gen.copy_(torch.where(done[:, None] & (cols > first), eos_id, gen))
-        self.active &= ~done
+        return (self.x[:, start:start + length] == self.mask_id) & \
+            (self.active & ~self.cancel)[:, None]

@@ -1,12 +1,17 @@
-"""The LLaDA transformer (dllm-spec.md section 2) on fastdiff.ops: bidirectional, no biases."""
+"""The LLaDA transformer (dllm-spec.md section 2) on fastdiff.ops: bidirectional, no biases.
+
+Q/K/V and gate/up weights are concatenated once at load ([q | k | v] and [gate | up] rows), so a
+layer runs 4 GEMMs; the per-projection names stay available as views of them."""
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from ..config import ModelConfig
+from ..ops import reference as ref
 
 PREFIX = "model.transformer."
 LAYER_NAMES = ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj",
@@ -31,15 +36,48 @@ def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 @dataclass
 class Layer:
+    """One block's weights: qkv [(H + 2 Hkv) hd, d], gate_up [2 m, d]; the rest as published."""
+
     attn_norm: torch.Tensor
-    q_proj: torch.Tensor
-    k_proj: torch.Tensor
-    v_proj: torch.Tensor
+    qkv: torch.Tensor
     attn_out: torch.Tensor
     ff_norm: torch.Tensor
-    ff_proj: torch.Tensor
-    up_proj: torch.Tensor
+    gate_up: torch.Tensor
     ff_out: torch.Tensor
+    q_dim: int
+    kv_dim: int
+
+    @classmethod
+    def from_weights(cls, w: dict[str, torch.Tensor]) -> "Layer":
+        return cls(attn_norm=w["attn_norm"],
+                   qkv=torch.cat([w["q_proj"], w["k_proj"], w["v_proj"]]),
+                   attn_out=w["attn_out"], ff_norm=w["ff_norm"],
+                   gate_up=torch.cat([w["ff_proj"], w["up_proj"]]), ff_out=w["ff_out"],
+                   q_dim=w["q_proj"].shape[0], kv_dim=w["k_proj"].shape[0])
+
+    # the published projections, as views of the concatenated weights
+    @property
+    def q_proj(self) -> torch.Tensor:
+        return self.qkv[: self.q_dim]
+
+    @property
+    def k_proj(self) -> torch.Tensor:
+        return self.qkv[self.q_dim: self.q_dim + self.kv_dim]
+
+    @property
+    def v_proj(self) -> torch.Tensor:
+        return self.qkv[self.q_dim + self.kv_dim:]
+
+    @property
+    def ff_proj(self) -> torch.Tensor:
+        return self.gate_up[: self.gate_up.shape[0] // 2]
+
+    @property
+    def up_proj(self) -> torch.Tensor:
+        return self.gate_up[self.gate_up.shape[0] // 2:]
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.attn_norm, self.qkv, self.attn_out, self.ff_norm, self.gate_up, self.ff_out]
 
 
 class LLaDAModel:
@@ -51,8 +89,10 @@ class LLaDAModel:
         self.wte = weights[PREFIX + "wte.weight"]
         self.ln_f = weights[PREFIX + "ln_f.weight"]
         self.lm_head = weights[PREFIX + "ff_out.weight"]
-        self.layers = [Layer(**{n: weights[f"{PREFIX}blocks.{i}.{n}.weight"] for n in LAYER_NAMES})
+        self.layers = [Layer.from_weights({n: weights[f"{PREFIX}blocks.{i}.{n}.weight"]
+                                           for n in LAYER_NAMES})
                        for i in range(config.n_layers)]
+        self._rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None
 
     def with_ops(self, ops) -> "LLaDAModel":
         """The same weights (shared, not copied) on another ops backend."""
@@ -68,31 +108,57 @@ class LLaDAModel:
     def dtype(self) -> torch.dtype:
         return self.wte.dtype
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
-                kv_start: torch.Tensor, kv_end: torch.Tensor, kv_hook=None) -> torch.Tensor:
-        """input_ids, positions [B, S] int64; row b attends keys [kv_start_b, kv_end_b)
-        -> hidden states after ln_f [B, S, d] in the model dtype.
+    def rope_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin fp32 [max_sequence_length, head_dim / 2]: computed once per model (the same
+        values as reference.rope_cos_sin at each position), read by the RoPE op by position."""
+        if self._rope is None:
+            cfg = self.config
+            pos = torch.arange(cfg.max_sequence_length, device=self.device)[None]
+            cos, sin = ref.rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
+            half = cfg.head_dim // 2
+            self._rope = (cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous())
+        return self._rope
 
-        kv_hook(layer, k, v) -> (k, v, kv_start, kv_end), given the fed tokens' k (after RoPE)
-        and v [B, S, Hkv, hd], returns the keys/values to attend to (a KV cache strategy)."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_start: torch.Tensor,
+                kv_end: torch.Tensor, *, slot: Optional[torch.Tensor] = None,
+                store: Optional[torch.Tensor] = None, length: Optional[int] = None,
+                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids, positions [B, S] int64; row b attends keys [kv_start_b, kv_end_b)
+        -> hidden states after ln_f [B, S, d] (or [B, R, d] with rows) in the model dtype.
+
+        K/V of the fed tokens (keys after RoPE) go to slot [B, S] int32 (-1: not written) of
+        `store` [layers, 2, B', Hkv, T, hd] and attention reads slots [0, length); without a
+        store they go to a per-layer scratch at slots 0..S-1 (slot=None: those slots).
+        rows [B, R] int64 (fed-token indices): only their final hidden states are wanted, so the
+        last layer's attention queries, projections and MLP run on those rows alone."""
         cfg, ops = self.config, self.ops
         B, S = input_ids.shape
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        cos, sin = ops.rope_cos_sin(positions, hd, cfg.rope_theta)  # [B, S, hd] fp32
-        x = self.wte[input_ids]  # [B, S, d]
+        if slot is None:
+            slot = torch.arange(S, dtype=torch.int32, device=input_ids.device).expand(B, S)
+        if store is None:
+            length = S
+        cos, sin = self.rope_table()
+        x, delta = self.wte[input_ids], None  # [B, S, d]
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            n = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-            q = ops.apply_rope((n @ layer.q_proj.T).view(B, S, H, hd), cos, sin)
-            k = ops.apply_rope((n @ layer.k_proj.T).view(B, S, Hkv, hd), cos, sin)
-            v = (n @ layer.v_proj.T).view(B, S, Hkv, hd)
-            ks, ke = kv_start, kv_end
-            if kv_hook is not None:
-                k, v, ks, ke = kv_hook(i, k, v)
-            a = ops.attention(q, k, v, ks, ke).reshape(B, S, H * hd)
-            h = x + a @ layer.attn_out.T
-            m = ops.rms_norm(h, layer.ff_norm, cfg.rms_norm_eps)
-            x = h + ops.silu_mul(m @ layer.ff_proj.T, m @ layer.up_proj.T) @ layer.ff_out.T
-        return ops.rms_norm(x, self.ln_f, cfg.rms_norm_eps)
+            x, n = ops.add_rms_norm(x, delta, layer.attn_norm, cfg.rms_norm_eps)
+            if store is None:
+                kv = torch.empty(2, B, Hkv, S, hd, dtype=x.dtype, device=x.device)
+            else:
+                kv = store[i, :, :B]
+            q = ops.rope_kv(n @ layer.qkv.T, positions, slot, cos, sin, kv[0], kv[1],
+                            n_heads=H, n_kv_heads=Hkv, head_dim=hd)  # [B, S, H, hd]
+            if rows is not None and i == last:
+                q = q.gather(1, rows[:, :, None, None].expand(-1, -1, H, hd))
+                x = x.gather(1, rows[:, :, None].expand(-1, -1, x.shape[-1]))
+            k = kv[0, :, :, :length].transpose(1, 2)  # [B, length, Hkv, hd], strided
+            v = kv[1, :, :, :length].transpose(1, 2)
+            a = ops.attention(q, k, v, kv_start, kv_end)
+            h = a.reshape(B, q.shape[1], H * hd) @ layer.attn_out.T
+            x, m = ops.add_rms_norm(x, h, layer.ff_norm, cfg.rms_norm_eps)
+            delta = ops.silu_mul_packed(m @ layer.gate_up.T) @ layer.ff_out.T
+        return ops.add_rms_norm(x, delta, self.ln_f, cfg.rms_norm_eps)[1]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., d] -> logits [..., vocab_size] (embedding padding rows dropped)."""

@@ -20,6 +20,14 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return y.to(x.dtype) * weight
 
 
+def add_rms_norm(x: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor,
+                 eps: float):
+    """x [N, d], delta [N, d] or None, weight [d] -> (s, y): the residual sum s = x + delta in
+    x.dtype (x itself when delta is None) and y = rms_norm(s, weight, eps)."""
+    s = x if delta is None else x + delta
+    return s, rms_norm(s, weight, eps)
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
     """positions [B, S] int -> cos, sin [B, S, head_dim] fp32 (angles duplicated as cat(f, f))."""
     inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32,
@@ -35,6 +43,31 @@ def apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = tf.shape[-1] // 2
     rot = torch.cat([-tf[..., half:], tf[..., :half]], dim=-1)  # rotate_half([a, b]) = [-b, a]
     return (tf * cos[:, :, None] + rot * sin[:, :, None]).to(t.dtype)
+
+
+def rope_kv(qkv: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor, cos: torch.Tensor,
+            sin: torch.Tensor, k_dest: torch.Tensor, v_dest: torch.Tensor, *, n_heads: int,
+            n_kv_heads: int, head_dim: int):
+    """qkv [B, S, (H + 2 Hkv) D] ([q heads | k heads | v heads]), pos [B, S] int (RoPE
+    position), slot [B, S] int (KV slot; -1 = not stored), cos/sin fp32 [T, D/2] (angles of
+    positions 0..T-1, one copy of each frequency), k_dest/v_dest [B, Hkv, T_kv, D]
+    -> (q [B, S, H, D] rotated, k, v: copies of k_dest / v_dest with
+    k[b, :, slot[b, s]] = rotated k heads and v[b, :, slot[b, s]] = v heads where slot >= 0)."""
+    B, S, _ = qkv.shape
+    H, Hkv, D = n_heads, n_kv_heads, head_dim
+    q, k_new, v_new = qkv.view(B, S, H + 2 * Hkv, D).split([H, Hkv, Hkv], dim=2)
+    c = cos[pos.long()]  # [B, S, D/2]
+    s = sin[pos.long()]
+    c, s = torch.cat([c, c], dim=-1), torch.cat([s, s], dim=-1)  # as rope_cos_sin: [B, S, D]
+    q, k_new = apply_rope(q, c, s), apply_rope(k_new, c, s)
+    k, v = k_dest.clone(), v_dest.clone()
+    for b in range(B):
+        for i in range(S):
+            t = int(slot[b, i])
+            if t >= 0:
+                k[b, :, t] = k_new[b, i]
+                v[b, :, t] = v_new[b, i]
+    return q, k, v
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -232,3 +265,79 @@ def select_factor_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
             n += 1
         return max(n, 1) if c else 0
     return _commit_ranked(x, x0, conf, block_start, count)
+
+
+def count_step(step: torch.Tensor, nfe: torch.Tensor, conf: torch.Tensor) -> None:
+    """step [B] int, nfe [B] int, conf [B, Lb], in place: step[b] and nfe[b] += 1 for every row
+    b with at least one finite confidence (the row took part in this step)."""
+    took = torch.isfinite(conf).any(dim=1)
+    step += took.to(step.dtype)
+    nfe += took.to(nfe.dtype)
+
+
+def freeze_finished(x: torch.Tensor, active: torch.Tensor, prompt_len: int,
+                    stop_ids: torch.Tensor, eos_id: int, mask_id: int):
+    """Early stop (dllm-spec.md section 4). x [B, L] canvas, active
+    [B] bool, generation region x[:, prompt_len:], stop_ids [n] -> (new canvas, new active):
+    a row still active whose first stop token in the generation has no MASK before it gets
+    eos_id at every generation position after that token and becomes inactive."""
+    x, active = x.clone(), active.clone()
+    stops = set(stop_ids.reshape(-1).tolist())
+    for b in range(x.shape[0]):
+        gen = x[b, prompt_len:].tolist()
+        first = next((j for j, tok in enumerate(gen) if tok in stops), None)
+        if not bool(active[b]) or first is None or mask_id in gen[:first]:
+            continue
+        x[b, prompt_len + first + 1:] = eos_id
+        active[b] = False
+    return x, active
+
+
+# ----------------------------------------------------------------------------- step bookkeeping
+
+
+def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
+                 cancel: Optional[torch.Tensor], m0: Optional[torch.Tensor], *, block: int,
+                 i: int, prompt_len: int, block_length: int, lo: Optional[int], S: int,
+                 write_from_block: bool, steps: int, mask_id: int) -> dict:
+    """What one denoising step feeds, scores and may commit (returns new tensors; inputs are
+    not changed). The block starts at bs = prompt_len + block * block_length; the fed columns
+    are [lo, lo + S) (lo None: bs). Per row b:
+    ids / pos [S]: x / positions at the fed columns; slot [S]: the column (its KV slot), or -1
+    for columns < bs when write_from_block; active: active and not cancelled; for block
+    position j: rows[j] = bs + j - lo (its fed index), row_map[j] = j if x[b, bs + j] is MASK
+    and the row is active, else -1; block_start = bs, pos_base = bs - prompt_len; with steps
+    > 0: m0 = the block's MASK count at i == 0 (else unchanged) and LLaDA's schedule
+    k = m0 // steps + (1 if m0 % steps > i else 0)."""
+    B = x.shape[0]
+    Lb = block_length
+    bs = prompt_len + block * Lb
+    lo = bs if lo is None else lo
+    out = {name: [] for name in ("ids", "pos", "slot", "rows", "row_map", "active", "m0", "k")}
+    for b in range(B):
+        act = bool(active[b]) and not (cancel is not None and bool(cancel[b]))
+        cols = list(range(lo, lo + S))
+        out["ids"].append([int(x[b, c]) for c in cols])
+        out["pos"].append([int(positions[b, c]) for c in cols])
+        out["slot"].append([c if not write_from_block or c >= bs else -1 for c in cols])
+        is_mask = [int(x[b, bs + j]) == mask_id for j in range(Lb)]
+        out["rows"].append([bs + j - lo for j in range(Lb)])
+        out["row_map"].append([j if is_mask[j] and act else -1 for j in range(Lb)])
+        out["active"].append(act)
+        if steps > 0:
+            m = sum(is_mask) if i == 0 else int(m0[b])
+            out["m0"].append(m)
+            out["k"].append(m // steps + (1 if m % steps > i else 0))
+    i64, i32 = torch.int64, torch.int32
+    res = {"ids": torch.tensor(out["ids"], dtype=i64).view(B, S),
+           "pos": torch.tensor(out["pos"], dtype=i64).view(B, S),
+           "slot": torch.tensor(out["slot"], dtype=i32).view(B, S),
+           "rows": torch.tensor(out["rows"], dtype=i64).view(B, Lb),
+           "row_map": torch.tensor(out["row_map"], dtype=i32).view(B, Lb),
+           "block_start": torch.full((B,), bs, dtype=i32),
+           "pos_base": torch.full((B,), bs - prompt_len, dtype=i64),
+           "active": torch.tensor(out["active"], dtype=torch.bool)}
+    if steps > 0:
+        res["m0"] = torch.tensor(out["m0"], dtype=i64)
+        res["k"] = torch.tensor(out["k"], dtype=i64)
+    return res

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import reference as ref
+from . import step_torch
 
 
 def _tempered_conf(logits: torch.Tensor, x0: torch.Tensor, mode: str, temperature: float):
@@ -39,12 +40,22 @@ class TorchOps:
     """Ops a model and the denoising loop call; no host syncs in any of them."""
 
     name = "torch"
+    step_prepare = staticmethod(step_torch.step_prepare)
+    freeze_finished = staticmethod(step_torch.freeze_finished)
 
     @staticmethod
     def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """x [..., d], weight [d] -> [..., d]: fp32 normalize, cast back, times weight."""
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+    @staticmethod
+    def add_rms_norm(x: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """x, delta [..., d] (delta None: no add), weight [d] -> (s = x + delta, rms_norm(s)),
+        both in x.dtype; s is the residual stream the next block adds to."""
+        s = x if delta is None else x + delta
+        return s, TorchOps.rms_norm(s, weight, eps)
 
     @staticmethod
     def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float):
@@ -58,6 +69,28 @@ class TorchOps:
         half = tf.shape[-1] // 2
         rot = torch.cat([-tf[..., half:], tf[..., :half]], dim=-1)
         return (tf * cos[:, :, None] + rot * sin[:, :, None]).to(t.dtype)
+
+    @staticmethod
+    def rope_kv(qkv: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, k_dest: torch.Tensor, v_dest: torch.Tensor, *, n_heads: int,
+                n_kv_heads: int, head_dim: int) -> torch.Tensor:
+        """qkv [B, S, (H + 2 Hkv) D], pos int64 [B, S], slot int32 [B, S], cos/sin fp32
+        [T, D/2], k_dest/v_dest [B, Hkv, Tkv, D] -> q [B, S, H, D] after RoPE; writes RoPE(k) and
+        v of token s into slot[b, s] of k_dest / v_dest. A slot of -1 goes to the destination's
+        last slot, which a KV store keeps as a never-read trash slot (the Triton kernel skips it)."""
+        B, S, _ = qkv.shape
+        H, Hkv, D = n_heads, n_kv_heads, head_dim
+        t = qkv.view(B, S, H + 2 * Hkv, D)
+        c, s = cos[pos][:, :, None], sin[pos][:, :, None]  # [B, S, 1, D/2]
+        qk = t[:, :, :H + Hkv].float()
+        a, b = qk[..., :D // 2], qk[..., D // 2:]
+        rot = torch.cat([a * c - b * s, b * c + a * s], dim=-1).to(qkv.dtype)
+        T = k_dest.shape[2]
+        idx = (torch.where(slot < 0, T - 1, slot).long(),)
+        bidx = torch.arange(B, device=qkv.device)[:, None].expand(B, S)
+        k_dest.transpose(1, 2).index_put_((bidx,) + idx, rot[:, :, H:])
+        v_dest.transpose(1, 2).index_put_((bidx,) + idx, t[:, :, H + Hkv:])
+        return rot[:, :, :H]
 
     @staticmethod
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -76,6 +109,12 @@ class TorchOps:
         return F.silu(gate) * up
 
     @staticmethod
+    def silu_mul_packed(gu: torch.Tensor) -> torch.Tensor:
+        """gu [..., 2m] = [gate | up] (one concatenated GEMM's output) -> silu(gate) * up."""
+        gate, up = gu.chunk(2, dim=-1)
+        return F.silu(gate) * up
+
+    @staticmethod
     def lm_head_confidence(hidden: torch.Tensor, row_map: torch.Tensor, weight: torch.Tensor, *,
                            mode: str, temperature: float, seed: torch.Tensor, step: torch.Tensor,
                            pos_base: torch.Tensor, eos_id: int, eot_id: Optional[int],
@@ -85,11 +124,16 @@ class TorchOps:
         Logits in the model dtype, statistics in fp32; see reference.lm_head_confidence."""
         B, Lb = row_map.shape
         dev = hidden.device
-        rows = hidden.gather(1, row_map.long().clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+        rows = hidden if hidden.shape[1] == Lb else hidden.gather(  # [B, Lb, d]
+            1, row_map.long().clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
         logits = (rows @ weight.T).float()  # [B, Lb, V]
         if suppress_eos:
             logits[..., eos_id] = float("-inf")
         pos = pos_base[:, None].long() + torch.arange(Lb, device=dev)[None]  # [B, Lb]
+        if temperature == 0 and mode == "low_confidence":  # p(argmax) = 1 / sum exp(l - max)
+            top, x0 = logits.max(-1)
+            conf = (logits - top[..., None]).exp_().sum(-1).reciprocal_()
+            return TorchOps._finish_conf(conf, x0, row_map, eos_id, eot_id, eos_eot_conf)
         if temperature == 0:
             x0 = logits.argmax(-1)
         else:
@@ -102,19 +146,27 @@ class TorchOps:
             conf = ref.uniform(seed[:, None], step[:, None], pos, 0, stream=1)
         else:
             conf = _tempered_conf(logits, x0, mode, temperature)
+        return TorchOps._finish_conf(conf, x0, row_map, eos_id, eot_id, eos_eot_conf)
+
+    @staticmethod
+    def _finish_conf(conf, x0, row_map, eos_id: int, eot_id: Optional[int], eos_eot_conf: bool):
+        """The EOS/EoT confidence rule, then -inf where not scored -> (x0, conf)."""
         if eos_eot_conf:
             special = x0 == eos_id
             if eot_id is not None:
                 special = special | (x0 == eot_id)
-            conf = torch.where(special, torch.full_like(conf, -1.0), conf)
-        conf = torch.where(row_map >= 0, conf, torch.full_like(conf, float("-inf")))
-        return x0, conf
+            conf = torch.where(special, -1.0, conf)
+        return x0, torch.where(row_map >= 0, conf, float("-inf"))
 
     @staticmethod
     def select_topk_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
-                           block_start: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+                           block_start: torch.Tensor, k: torch.Tensor,
+                           k_max: Optional[int] = None, step: Optional[torch.Tensor] = None,
+                           nfe: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x [B, L] (updated in place), x0/conf [B, Lb], block_start/k [B] -> per-row commit
-        mask [B, Lb]: the k highest finite confidences, lowest index first among ties."""
+        mask [B, Lb]: the k highest finite confidences, lowest index first among ties.
+        step / nfe [B] (optional): +1 for every row with a finite confidence (it took part)."""
+        step_torch.count_step(conf, step, nfe)
         Lb = conf.shape[1]
         order = torch.sort(conf, dim=1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(
@@ -124,9 +176,12 @@ class TorchOps:
 
     @staticmethod
     def select_threshold_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
-                                block_start: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+                                block_start: torch.Tensor, tau: torch.Tensor,
+                                step: Optional[torch.Tensor] = None,
+                                nfe: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Commit every finite conf >= tau[b] plus the row's single most confident position
         (lowest index among ties). x [B, L] in place; returns the commit mask [B, Lb]."""
+        step_torch.count_step(conf, step, nfe)
         finite = torch.isfinite(conf)
         best = conf.argmax(1, keepdim=True)  # first maximum
         top = torch.zeros_like(finite).scatter_(1, best, True) & finite
@@ -135,9 +190,12 @@ class TorchOps:
 
     @staticmethod
     def select_factor_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
-                             block_start: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+                             block_start: torch.Tensor, factor: torch.Tensor,
+                             step: Optional[torch.Tensor] = None,
+                             nfe: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sort finite confidences descending c_1 >= c_2 >= ... (ties: lowest index first) and
         commit the largest prefix with c_i >= 1 - f / (i + 1); c_1 always. Returns the mask."""
+        step_torch.count_step(conf, step, nfe)
         Lb = conf.shape[1]
         srt = torch.sort(conf, dim=1, descending=True, stable=True)
         i = torch.arange(1, Lb + 1, device=conf.device, dtype=torch.float32)[None]  # 1-based
