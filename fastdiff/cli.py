@@ -100,6 +100,9 @@ def cmd_write_random(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.count_kernels:
+        from .bench.kernel_count_report import run_cli
+        return run_cli(args)
     import torch
 
     from .bench.report import write_results
@@ -153,6 +156,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     b.add_argument("--repeats", type=int, default=None)
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--count-kernels", action="store_true",
+                   help="count kernel launches per denoising step (per layer / outside the "
+                        "layers) on the CPU instead of timing; --dtype auto means bfloat16")
+    b.add_argument("--backend", default="triton", choices=["torch", "triton"],
+                   help="ops backend for --count-kernels (default: %(default)s)")
+    b.add_argument("--count-steps", type=int, default=2,
+                   help="fixed-schedule steps of the counted block (default: %(default)s)")
+    b.add_argument("--full-width", action="store_true",
+                   help="--count-kernels at the preset's full widths (default for llada-8b: a "
+                        "shape-faithful narrow model; full widths take many minutes on a CPU)")
+    b.add_argument("--json", default=None, help="--count-kernels: also write the report here")
     b.set_defaults(func=cmd_bench)
     args = parser.parse_args(argv)
     try:

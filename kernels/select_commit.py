@@ -179,7 +179,7 @@ def select_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
     cfg = pick_config(Lb, mode, k_max)
     commit = torch.empty((B, Lb), dtype=torch.int8, device=dev)
     if committed is None or left is None:
-        scratch = torch.zeros((2, B), dtype=torch.int32, device=dev)
+        scratch = torch.empty((2, B), dtype=torch.int32, device=dev)  # results unused
         committed = scratch[0] if committed is None else committed
         left = scratch[1] if left is None else left
     count = step is not None
