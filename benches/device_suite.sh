@@ -2,8 +2,13 @@
 # GPU checks and benchmarks on a lent device machine (design.md "GPU checks and benchmarks").
 #   benches/device_suite.sh [--quick]
 # Installs the package there (pip install --no-build-isolation --no-deps -e ., which builds
-# csrc), runs `pytest -m gpu`, then the kernel benches (and the end-to-end benches once
-# benches/bench_e2e.py exists). --quick: correctness only (< 90 s). At most 5 minutes in all.
+# csrc), runs `pytest -m gpu` (INFO logs, e.g. each captured graph's node types, in log.txt),
+# the per-kernel profile of one cached and one refresh step at LLaDA-8B shapes
+# (python -m fastdiff.bench.step_profile), then the kernel benches (and the end-to-end benches
+# once benches/bench_e2e.py exists). --quick: correctness only (< 90 s). Full: under 6 minutes
+# in all (design.md): each step's timeout is capped and ends by a deadline in seconds since the
+# start (install 90 s; pytest 130 s; step profile 60 s, by 245; kernel benches 30 s (--quick),
+# by 265; end-to-end by 320), so a slow step shortens the later ones.
 # Writes exactly three files to $OUT: results.jsonl, table.md, log.txt. Set FASTDIFF_COMMIT to
 # the commit under test when the copy there has no .git.
 set -uo pipefail
@@ -21,6 +26,7 @@ SCRATCH=$(mktemp -d)
 T0=$SECONDS
 step() { echo "== $* (t=$((SECONDS - T0))s)" | tee -a "$LOG"; }
 left() { local t=$(($1 - (SECONDS - T0))); echo $((t > 10 ? t : 10)); }  # seconds to deadline $1
+upto() { local t; t=$(left "$2"); echo $((t < $1 ? t : $1)); }  # at most $1 s, ending by deadline $2
 
 step "environment"
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -28,7 +34,7 @@ step "environment"
 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name())"; } >> "$LOG" 2>&1
 
 step "install"
-if ! timeout $([[ $QUICK == 1 ]] && echo 45 || echo 90) $PY -m pip install -q --no-build-isolation --no-deps -e . >> "$LOG" 2>&1; then
+if ! timeout "$([[ $QUICK == 1 ]] && echo 45 || echo 90)" "$PY" -m pip install -q --no-build-isolation --no-deps -e . >> "$LOG" 2>&1; then
     echo "pip install failed: falling back to PYTHONPATH" | tee -a "$LOG"
     [[ -e fastdiff/kernels ]] || ln -s ../kernels fastdiff/kernels
     export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -37,20 +43,29 @@ $PY -c "import fastdiff.kernels.attention, fastdiff.ops.triton_backend" >> "$LOG
     || echo "import of fastdiff.kernels FAILED" | tee -a "$LOG"
 
 step "pytest -m gpu"
-timeout $([[ $QUICK == 1 ]] && left 85 || echo 130) $PY -m pytest -q -m gpu -p no:cacheprovider tests \
+timeout "$([[ $QUICK == 1 ]] && left 85 || echo 130)" "$PY" -m pytest -q -m gpu -p no:cacheprovider tests \
+    -o log_cli=true --log-cli-level=INFO --log-cli-format='%(levelname)s %(name)s: %(message)s' \
     --junitxml="$SCRATCH/junit.xml" >> "$LOG" 2>&1
 echo "pytest -m gpu rc=$?" | tee -a "$LOG"
 [[ -f "$SCRATCH/junit.xml" ]] && $PY benches/bench_kernels.py --junit "$SCRATCH/junit.xml" \
     --out "$OUT" >> "$LOG" 2>&1
 
 if [[ $QUICK == 0 ]]; then
+    step "step profile (8B shapes)"
+    PROFILE_S=$(upto 60 245)
+    timeout -k 5 "$PROFILE_S" "$PY" -m fastdiff.bench.step_profile --contexts 1024,4096 \
+        --budget-s $((PROFILE_S - 8)) --out "$OUT" >> "$LOG" 2>&1
+    echo "step profile rc=$?" | tee -a "$LOG"
+
     step "kernel benches"
-    BENCH_END=$([[ -f benches/bench_e2e.py ]] && echo 150 || echo 285)
-    timeout $(left $BENCH_END) $PY benches/bench_kernels.py --out "$OUT" >> "$LOG" 2>&1
+    if [[ -f benches/bench_e2e.py ]]; then BENCH_S=$(upto 30 265); else BENCH_S=$(left 315); fi
+    BENCH_ARGS=(--out "$OUT")
+    ((BENCH_S < 60)) && BENCH_ARGS+=(--quick)  # its rows are written at its end: finish
+    timeout "$BENCH_S" "$PY" benches/bench_kernels.py "${BENCH_ARGS[@]}" >> "$LOG" 2>&1
     echo "kernel benches rc=$?" | tee -a "$LOG"
     if [[ -f benches/bench_e2e.py ]]; then
         step "end-to-end benches"
-        timeout $(left 290) $PY benches/bench_e2e.py --quick --out "$OUT" >> "$LOG" 2>&1
+        timeout "$(left 320)" "$PY" benches/bench_e2e.py --quick --out "$OUT" >> "$LOG" 2>&1
         echo "end-to-end benches rc=$?" | tee -a "$LOG"
     fi
 fi

@@ -40,9 +40,7 @@ def engine(tiny_ckpt):
 
 
 def clone(st: DecodeState) -> DecodeState:
-    return replace(st, **{n: getattr(st, n).clone() for n in
-                          ("x", "positions", "kv_start", "kv_end", "seed", "step", "nfe",
-                           "active")})
+    return replace(st, **{n: getattr(st, n).clone() for n in DecodeState.TENSORS})
 
 
 def bucketed(engine, prompts, gen) -> DecodeState:
@@ -119,7 +117,9 @@ def test_control_kernel_matches_torch_mirror(steps):
                      seed=torch.zeros(B, dtype=torch.int64, device="cuda"),
                      step=torch.zeros(B, dtype=torch.int64, device="cuda"),
                      nfe=torch.zeros(B, dtype=torch.int32, device="cuda"),
-                     active=torch.ones(B, dtype=torch.bool, device="cuda"), prompt_len=P,
+                     active=torch.ones(B, dtype=torch.bool, device="cuda"),
+                     cancel=torch.zeros(B, dtype=torch.bool, device="cuda"),
+                     m0=torch.zeros(B, dtype=torch.int64, device="cuda"), prompt_len=P,
                      gen_length=Lb * nb, mask_id=M)
     spec = ControlSpec(block_length=Lb, n_blocks=nb, steps_per_block=steps,
                        max_steps=steps or Lb, phases=2, per_block=True)
@@ -154,8 +154,30 @@ def test_while_replay_eager_tokens_equal(engine, batch, cache, policy):
     replay = graphed(engine, st, gen, "replay")
     assert_same(replay.state, want, "host replay")
     loop = graphed(engine, st, gen, "while")
+    assert loop.mode == "while", "the WHILE build fell back to replay (see the log)"
     assert_same(loop.state, want, "WHILE runner")
     assert loop.control.read().iters == max(want.nfe.tolist())
+    # one captured graph per phase whatever the number of blocks (4 here)
+    assert len(loop.graphs) == len(replay.graphs) == (1 if cache == "none" else 2)
+    print(f"\n{cache}/{policy}: WHILE body picks its step with a {loop.loop.kind} node")
+
+
+@pytest.mark.parametrize("mode", ["while", "replay"])
+def test_cancelled_row_freezes_others_equal(engine, mode):
+    """A row cancelled before the launch never takes part; the other rows equal the eager loop
+    on the same state (where the cancelled row is frozen from the start too)."""
+    gen = GenerationConfig(gen_length=64, block_length=16, cache="dual", threshold=0.9)
+    st = bucketed(engine, PROMPTS, gen)
+    runner = GraphRunner(engine.model, engine.ops, clone(st), engine._request(gen), mode=mode)
+    runner.load(st)
+    runner.cancel(1)
+    runner.run()
+    torch.cuda.synchronize()
+    frozen = clone(st)
+    frozen.cancel[1] = True
+    want = eager(engine, frozen, gen)
+    assert_same(runner.state, want, f"{mode} with row 1 cancelled")
+    assert runner.state.nfe[1].item() == 0 and not runner.state.active[1].item()
 
 
 def test_while_mode_has_no_host_round_trip(engine):
