@@ -121,14 +121,20 @@ def _attention_combine_kernel(po_ptr, pml_ptr, o_ptr, Sq, H, BH, n_splits, sob, 
 
 
 def pick_config(Sq: int, D: int, dtype: torch.dtype) -> dict:
-    """Tile sizes, warps and pipelining depth for a query length and head dim."""
-    if Sq <= SPLIT_MAX_SQ:
-        block_m = max(16, triton.next_power_of_2(Sq))
-    else:
-        block_m = 128 if D <= 64 and dtype != torch.float32 else 64
-    block_n = 32 if dtype == torch.float32 and D == 128 else 64
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "num_warps": 8 if block_m == 128 else 4,
-            "num_stages": 2 if dtype == torch.float32 else 3}
+    """Tile sizes, warps and pipelining depth for a query length and head dim.
+
+    Every choice compiles without register spills on sm_90 (ptxas -v, aligned or not, split or
+    not: tests/_compile_sm90.py). 64-key tiles at head_dim 128, or 4 warps on a [64, 64]
+    accumulator, reach 255 registers and spill; with 8 warps ptxas caps itself near 128."""
+    block_m = max(16, triton.next_power_of_2(Sq)) if Sq <= SPLIT_MAX_SQ else \
+        (128 if D <= 64 and dtype != torch.float32 else 64)
+    if dtype == torch.float32:  # IEEE fp32 dot runs on FMA units: not a fast path, small tiles
+        block_m = min(block_m, 32 if D == 128 else 64)
+        small = block_m == 16
+        return {"BLOCK_M": block_m, "BLOCK_N": 16 if small else 32,
+                "num_warps": 4 if small else 8, "num_stages": 2}
+    return {"BLOCK_M": block_m, "BLOCK_N": 32 if D == 128 or block_m == 16 else 64,
+            "num_warps": 8 if block_m * D >= 2048 else 4, "num_stages": 3}
 
 
 def launch_configs():
@@ -138,7 +144,9 @@ def launch_configs():
         for D in HEAD_DIMS:
             for sq in (16, 32, 64):
                 for split in (False, True):
-                    out.append((dt, D, split, pick_config(sq, D, dt)))
+                    item = (dt, D, split, pick_config(sq, D, dt))
+                    if item not in out:
+                        out.append(item)
             big = (dt, D, False, pick_config(SPLIT_MAX_SQ + 1, D, dt))
             if big not in out:
                 out.append(big)

@@ -33,7 +33,10 @@ def _rope_kv_kernel(qkv_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, 
     im = i < HALF
     pos = tl.load(pos_ptr + b * stride_pos + s).to(tl.int64)
     slot = tl.load(slot_ptr + b * stride_slot + s).to(tl.int64)
-    pm = im & (pos >= 0) & (pos < T)  # out-of-table positions read zeros instead of memory
+    # comparisons on blocks, not scalars: triton 3.9's interpreter rejects a scalar
+    # comparison broadcast into a mask (it carries int32, not int1)
+    pi = pos + tl.zeros_like(i)
+    pm = im & (pi >= 0) & (pi < T)  # out-of-table positions read zeros instead of memory
     c = tl.load(cos_ptr + pos * HALF + i, mask=pm, other=0.0)[None, :]  # [1, BLOCK_HALF]
     sn = tl.load(sin_ptr + pos * HALF + i, mask=pm, other=0.0)[None, :]
     m = (j < H + 2 * HKV)[:, None] & im[None, :]  # [BLOCK_H, BLOCK_HALF]
@@ -53,7 +56,8 @@ def _rope_kv_kernel(qkv_ptr, pos_ptr, slot_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, 
     tl.store(qd, lo_o, mask=qm)
     tl.store(qd + HALF, hi_o, mask=qm)
     # k heads H <= j < H + HKV -> k_dest[b, j - H, slot]; v heads -> v_dest[b, j - H - HKV, slot]
-    stored = (slot >= 0) & (slot < T_kv)
+    sl = slot + tl.zeros_like(i)[None, :]
+    stored = (sl >= 0) & (sl < T_kv)  # [1, BLOCK_HALF]
     km = m & ((j >= H) & (j < H + HKV))[:, None] & stored
     kd = k_ptr + b * stride_kb + (j[:, None] - H).to(tl.int64) * stride_kh + slot * stride_kt \
         + i[None, :]

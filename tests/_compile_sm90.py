@@ -156,7 +156,7 @@ def quick(variant) -> bool:
     """The default-run subset: every kernel and MODE in bf16 (the GPU dtype), the smallest and
     largest select_commit blocks; the full sweep (every dtype and block) is the slow test."""
     fn, sig, ce, _, _, _ = variant
-    if any(t in ("*fp32", "*fp16") for n, t in sig.items() if n in ("q_ptr", "h_ptr")):
+    if any(t in ("*fp32", "*fp16") for n, t in sig.items() if n in ("q_ptr", "h_ptr", "o_ptr")):
         return False
     if fn is sc_mod._select_commit_kernel:
         return _sc_extreme(ce)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
 
 from fastdiff.kernels import attention as at
 from fastdiff.ops import reference as ref
@@ -42,11 +43,20 @@ def _ranges(B, Skv, seed):
 CASES = [  # B, Sq, H, Hkv, D, Skv, num_splits
     (1, 1, 1, 1, 32, 1, None),  # one query, one key
     (2, 5, 4, 2, 32, 77, None),  # GQA, Sq != Skv, odd lengths
-    (2, 5, 4, 2, 32, 77, 3),  # split-KV (3 splits of 64-key chunks -> last empty)
+    (2, 5, 4, 2, 32, 77, 3),  # split-KV: 3 chunks of whole key tiles, some rows miss one
     (3, 17, 6, 2, 64, 50, 2),  # GQA 3:1, Sq just over a 16-row tile
     (1, 32, 2, 1, 128, 130, 2),  # a 32-token block over a longer cache, head_dim 128
     (2, 70, 2, 2, 32, 45, None),  # Sq > 64: the non-split prefill path, two query tiles
 ]
+
+
+def _kv_splits(Sq, D, Skv, splits, dtype) -> int:
+    """KV splits the launcher makes of a requested count: chunks of whole BLOCK_N key tiles."""
+    if not splits or Sq > at.SPLIT_MAX_SQ:
+        return 1
+    bn = at.pick_config(Sq, D, dtype)["BLOCK_N"]
+    chunk = triton.cdiv(triton.cdiv(Skv, splits), bn) * bn
+    return triton.cdiv(Skv, chunk)
 
 
 @pytest.mark.parametrize("B,Sq,H,Hkv,D,Skv,splits", CASES)
@@ -62,7 +72,9 @@ def test_matches_reference(monkeypatch, B, Sq, H, Hkv, D, Skv, splits, dtype):
     assert out.dtype == dtype and out.shape == q.shape
     assert_close(out, expect, TOL[dtype], TOL[dtype], f"attention {dtype}")
     assert fwd.launches == 1
-    assert comb.launches == (1 if splits and splits > 1 and Skv > 64 else 0)
+    n_splits = _kv_splits(Sq, D, Skv, splits, dtype)
+    assert n_splits > 1 or not splits or Skv <= 64  # a long cache does split: the merge runs
+    assert comb.launches == (1 if n_splits > 1 else 0)
 
 
 def test_bf16_via_interpreter_upcast():

@@ -87,7 +87,7 @@ def test_odd_shapes(B, S, d, V, Lb):
 
 def test_many_splits_and_rows():
     """More vocabulary splits than one combine chunk (BLOCK_S) and more rows than one block."""
-    V = lm.BLOCK_S * lm.BLOCK_V + 77
+    V = lm.BLOCK_S * lm.pick_config(40, torch.float32)["BLOCK_V"] + 77
     problem = _problem(B=1, S=3, d=16, V=V, Lb=40, seed=5)
     _compare(problem, "neg_entropy", 0.9, True, False, lm.BLOCK_S + 3, 2e-5, "many splits")
 
