@@ -10,6 +10,8 @@ TRITON_NEXT_DIR := .triton-next
 TRITON_NEXT_STAMP := $(TRITON_NEXT_DIR)/.installed
 NEXT_DIR_ABS := $(abspath $(TRITON_NEXT_DIR))
 NEXT_PATH := $(NEXT_DIR_ABS)$${PYTHONPATH:+:$$PYTHONPATH}
+# pytest-xdist workers: one per core
+TEST_WORKERS ?= auto
 
 .PHONY: setup demo test test-fast test-triton-next clean
 
@@ -21,7 +23,7 @@ $(STAMP): setup.py pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fastdiff.cli demo --prompt "def fibonacci(n):"
+	$(PY) -m fastdiff.cli demo --prompt "def fibonacci(n):" --threshold 0.9 --cache dual
 
 $(TRITON_NEXT_STAMP): Makefile
 	rm -rf $(TRITON_NEXT_DIR)
@@ -35,10 +37,10 @@ test-triton-next: $(STAMP) $(TRITON_NEXT_STAMP)
 	PYTHONPATH=$(NEXT_PATH) $(PY) -c "import triton, sys; print('kernel tests under triton', \
 		triton.__version__, 'from', triton.__file__); \
 		sys.exit(0 if triton.__file__.startswith('$(NEXT_DIR_ABS)/') else 'wrong triton')"
-	PYTHONPATH=$(NEXT_PATH) $(PY) -m pytest -q tests/test_kernel_*.py
+	PYTHONPATH=$(NEXT_PATH) $(PY) -m pytest -q -n $(TEST_WORKERS) tests/test_kernel_*.py
 
 test: $(STAMP) test-triton-next
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

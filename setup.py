@@ -91,7 +91,8 @@ setup(
                       "numpy>=1.24", "tqdm>=4.60"],
     extras_require={
         # nvidia-cuda-runtime-cu12: CUDA 12.x runtime headers; CI compiles csrc/ against them
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "triton>=3.6", "transformers>=4.45",
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-benchmark>=4", "triton>=3.6",
+                "transformers>=4.45",
                 "matplotlib>=3.7", "pybind11>=2.12", "nvidia-cuda-runtime-cu12>=12.4"],
         "bench": ["matplotlib>=3.7", "pytest-benchmark>=4"],
     },
