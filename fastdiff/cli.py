@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 DEMO_PROMPT = "def fibonacci(n):"
+DEMO_THRESHOLD = 0.9  # `fastdiff demo` decodes in parallel (confidence threshold, dual cache)
 
 
 def _bundled_model() -> Optional[Path]:
@@ -61,7 +62,8 @@ def _run_generate(model: Path, args: argparse.Namespace, label: str = "") -> int
     print(args.prompt + (out.text if out.text is not None else str(out.token_ids)))
     print(f"[fastdiff{label}] {len(out.full_ids)} tokens ({len(out.token_ids)} before EOS, "
           f"finish_reason={out.finish_reason}), NFE {out.nfe}, {secs:.2f} s, "
-          f"{len(out.full_ids) / secs:.1f} tokens/s (load {load_s:.2f} s, "
+          f"{len(out.full_ids) / secs:.1f} tokens/s, "
+          f"{len(out.full_ids) / max(out.nfe, 1):.2f} tokens/forward (load {load_s:.2f} s, "
           f"{engine.backend} backend on {engine.model.device}, {engine.model.dtype})",
           file=sys.stderr)
     return 0
@@ -76,8 +78,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The bundled model, decoding in parallel by default: threshold 0.9 with the dual cache
+    unless --threshold, --factor or --steps (the fixed schedule) is given."""
+    if args.threshold is None and args.factor is None and args.steps is None:
+        args.threshold = DEMO_THRESHOLD
+    rule = (f"threshold {args.threshold}" if args.threshold is not None else
+            f"factor {args.factor}" if args.factor is not None else f"{args.steps} steps")
     model = _bundled_model()
-    label = ""
+    label = f", {rule}, {args.cache} cache"
     if model is None:
         from . import ModelConfig
         from .models import save_random_checkpoint
@@ -86,7 +94,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             save_random_checkpoint(model, ModelConfig.preset("small"), seed=0)
         print(f"note: no bundled demo model in this build; using a RANDOM-WEIGHT 'small' "
               f"checkpoint written to {model} (the output is gibberish by design)", file=sys.stderr)
-        label = ", random weights"
+        label += ", random weights"
     return _run_generate(model, args, label)
 
 
@@ -136,7 +144,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     g.set_defaults(func=cmd_generate)
     d = sub.add_parser("demo", help="generate with the bundled demo model on this machine")
     _add_generation_flags(d)
-    d.set_defaults(func=cmd_demo)
+    d.set_defaults(func=cmd_demo, cache="dual")
     w = sub.add_parser("write-random", help="write a random-weight checkpoint (tests, benches)")
     w.add_argument("path")
     w.add_argument("--preset", default="tiny", choices=["tiny", "small", "llada-8b"])

@@ -82,3 +82,15 @@ def test_demo_model_path_reports_missing_files(tmp_path, monkeypatch):
     monkeypatch.setattr(assets, "_DEMO", tmp_path)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         assets.demo_model_path()
+
+
+def test_cli_demo_decodes_in_parallel_and_reports_tokens_per_forward(capsys):
+    from fastdiff.cli import main as cli_main
+    assert cli_main(["demo", "--gen-length", "16", "--block-length", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "threshold 0.9, dual cache" in err, err
+    nfe = int(err.split("NFE ")[1].split(",")[0])
+    assert 2 <= nfe <= 16 and f"{16 / nfe:.2f} tokens/forward" in err, err
+    assert cli_main(["demo", "--gen-length", "16", "--block-length", "8", "--steps", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "8 steps, dual cache" in err and "NFE 8," in err and "2.00 tokens/forward" in err, err

@@ -4,21 +4,29 @@ Python standard library's source (dllm-spec.md section 2 for the architecture an
 Not part of the installed package. Self-contained: its own nn.Module of the LLaDA math, a
 byte-level BPE tokenizer trained with `tokenizers`, LLaDA's objective (t ~ U(eps, 1], mask each
 token with probability t, cross-entropy on masked positions weighted by 1/t, normalized by the
-number of tokens). Deterministic given --seed and the thread count (1).
+number of tokens), plus the options the card's recipe describes. Deterministic given --seed and
+the thread count (1).
 
-    python tools/train_demo.py pin    # write tools/demo_corpus/{files.sha256,heldout.txt}
-    python tools/train_demo.py train  # tokenizer + training + checkpoint -> fastdiff/assets/demo
-    python tools/train_demo.py card   # held-out accuracy, prompt completions, MODEL_CARD.md
+    python tools/train_demo.py pin     # write tools/demo_corpus/{files.sha256,heldout.txt}
+    python tools/train_demo.py train --run RUN   # tokenizer + training; RUN/checkpoint.pt every
+                                       # --ckpt-minutes and on SIGTERM, RUN/export = the model
+    python tools/train_demo.py train --resume RUN/checkpoint.pt   # continue, bit for bit
+    python tools/train_demo.py export --run RUN  # RUN/export -> fastdiff/assets/demo (+ log)
+    python tools/train_demo.py card    # held-out accuracy, completions, engine figures, card
+
+RUN (default /work/demo_train/run) holds the 60+ MB checkpoint: keep it out of git.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import bisect
 import hashlib
 import json
 import math
 import os
 import random
+import signal
 import sys
 import sysconfig
 import time
@@ -116,11 +124,39 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def encode_files(tok: Tokenizer, texts: list[str]) -> np.ndarray:
-    """Each file as BOS + tokens + EOS, concatenated -> int32 stream."""
+def top_level_units(text: str) -> list[tuple[int, int]]:
+    """(start, end) character spans of the top-level def/class statements of a module: from the
+    `def`/`class` keyword (decorators excluded) to the end of the statement's last line."""
+    lines = text.split("\n")  # ast's line numbers (the pinned files use \n only)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
+    try:
+        body = ast.parse(text).body
+    except SyntaxError:
+        return []
+    return [(starts[n.lineno - 1], starts[n.end_lineno - 1] + len(lines[n.end_lineno - 1]))
+            for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and text.startswith(("def ", "class "), starts[n.lineno - 1])]
+
+
+def encode_files(tok: Tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each file as BOS + tokens + EOS, concatenated -> (int32 stream, int64 units [N, 2]): the
+    stream spans [start, end) of the top-level `def `/`class ` statements (the demo prompts'
+    shape), end including the token that holds the statement's final newline."""
     bos, eos = tok.token_to_id(SPECIALS[0]), tok.token_to_id(SPECIALS[1])
     encs = tok.encode_batch(texts, add_special_tokens=False)
-    return np.concatenate([np.array([bos] + e.ids + [eos], dtype=np.int32) for e in encs])
+    parts, units, at = [], [], 0
+    for text, e in zip(texts, encs):
+        offs = [o[0] for o in e.offsets]  # token start characters, ascending
+        first = {c: j for j, c in enumerate(offs)}
+        for a, z in top_level_units(text):
+            if a in first:  # the keyword starts a token (the pre-tokenizer splits at line starts)
+                end = bisect.bisect_left(offs, z)  # the token holding the final newline
+                units.append((at + 1 + first[a], at + 1 + min(end + 1, len(offs))))
+        parts.append(np.array([bos] + e.ids + [eos], dtype=np.int32))
+        at += len(e.ids) + 2
+    return np.concatenate(parts), np.array(units, dtype=np.int64).reshape(-1, 2)
 
 
 # ----------------------------------------------------------------------------- model
@@ -218,6 +254,24 @@ def diffusion_loss(net: LLaDA, x: torch.Tensor, mask_id: int, gen: torch.Generat
     return (ce * w).sum() / (B * S)
 
 
+def block_loss(net: LLaDA, x: torch.Tensor, mask_id: int, gen: torch.Generator, block: int,
+               eps: float = 1e-3) -> torch.Tensor:
+    """The semi-autoregressive decode's view on x [B, S]: a clean prefix of c ~ U{1..S-block}
+    tokens, then a block masked w.p. t ~ U(eps, 1], then every later position masked; CE / t on
+    the block's masked positions, divided by B * block."""
+    B, S = x.shape
+    t = (1 - eps) * torch.rand(B, generator=gen) + eps  # [B]
+    c = torch.randint(1, S - block + 1, (B, 1), generator=gen)  # [B, 1]
+    pos = torch.arange(S)[None]
+    inblock = (pos >= c) & (pos < c + block)
+    target = inblock & (torch.rand(B, S, generator=gen) < t[:, None])  # [B, S]
+    masked = target | (pos >= c + block)
+    logits = net(torch.where(masked, mask_id, x), select=target).float()  # [N, V]
+    ce = F.cross_entropy(logits, x[target], reduction="none")
+    w = (1.0 / t)[:, None].expand(B, S)[target]
+    return (ce * w).sum() / (B * block)
+
+
 @torch.no_grad()
 def masked_accuracy(net: LLaDA, ids: torch.Tensor, mask: torch.Tensor, mask_id: int,
                     batch: int = 16) -> float:
@@ -273,88 +327,239 @@ def heldout_sample(stream: np.ndarray, n: int, seq: int, seed: int):
     return ids, mask
 
 
-def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+def lr_at(step: int, a: argparse.Namespace) -> float:
+    """Linear warmup, then cosine to 10% (the bundled model's recipe) or warmup-stable-decay:
+    constant until the last decay_share of the steps, linear to 10% (a run can be extended while
+    it is still in the stable phase)."""
+    steps, peak, warmup = a.steps, a.lr, a.warmup
     if step < warmup:
         return peak * (step + 1) / warmup
-    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup))))
+    if a.schedule == "cosine":
+        return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup))))
+    decay_from = int(steps * (1 - a.decay_share))
+    if step < decay_from:
+        return peak
+    return peak * (1 - 0.9 * (step - decay_from) / max(1, steps - decay_from))
+
+
+def windows(stream: np.ndarray, anchors: np.ndarray, rng: np.random.Generator, batch: int,
+            seq: int, anchor_share: float, bos: int) -> torch.Tensor:
+    """batch random windows of seq tokens -> [batch, seq] int64; with anchor_share > 0, that share
+    of rows (on average) is BOS + the stream from a top-level def/class line instead."""
+    starts = rng.integers(0, len(stream) - seq, batch)
+    x = np.stack([stream[s:s + seq] for s in starts]).astype(np.int64)
+    if anchor_share > 0:
+        use = rng.random(batch) < anchor_share
+        picks = anchors[rng.integers(0, len(anchors), batch)]
+        for r in np.flatnonzero(use):
+            x[r] = np.concatenate([[bos], stream[picks[r]:picks[r] + seq - 1]])
+    return torch.from_numpy(x)
+
+
+def unit_rows(stream: np.ndarray, units: np.ndarray, rng: np.random.Generator, batch: int,
+              seq: int, bos: int, eos: int) -> torch.Tensor:
+    """batch rows of BOS + a random top-level def/class statement, cut at seq tokens or ended by
+    EOS padding to seq (as LLaDA's SFT pads answers with EOS) -> [batch, seq] int64."""
+    x = np.full((batch, seq), eos, dtype=np.int64)
+    x[:, 0] = bos
+    for r, (a, e) in enumerate(units[rng.integers(0, len(units), batch)]):
+        body = stream[a:min(e, a + seq - 1)]
+        x[r, 1:1 + len(body)] = body
+    return torch.from_numpy(x)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint
+
+
+def export_weights(net: LLaDA, ema: dict | None, out: Path) -> None:
+    """bf16 model.safetensors of the EMA weights (if kept) else the raw ones."""
+    src = ema if ema is not None else net.state_dict()
+    sd = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in src.items()}
+    tmp = out / "model.safetensors.tmp"
+    save_file(sd, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / "model.safetensors")
+
+
+def prepare_run(a: argparse.Namespace, run: Path) -> tuple[dict, np.ndarray, np.ndarray,
+                                                             np.ndarray, dict]:
+    """Corpus (hash-checked), tokenizer (trained, or reloaded and checked on --resume), encoded
+    streams, and the export folder's static files -> (cfg, train, units [N, 2], test, facts)."""
+    t0 = time.time()
+    train_texts, test_texts = load_corpus(Path(a.stdlib))
+    arch = dict(ARCH, vocab_size=a.vocab)
+    tok_path = run / "tokenizer.json"
+    if a.resume:
+        tok = Tokenizer.from_file(str(tok_path))
+    else:
+        tok = train_tokenizer(train_texts, a.vocab)
+        tok.save(str(tok_path))
+    cfg = model_config(tok, arch)
+    (train, units), (test, _) = encode_files(tok, train_texts), encode_files(tok, test_texts)
+    anchors = units[:, 0][units[:, 0] <= len(train) - a.seq]
+    lengths = units[:, 1] - units[:, 0]
+    counts = np.bincount(train, minlength=a.vocab)
+    facts = {"unigram_token": int(counts.argmax()), "train_tokens": int(len(train)),
+             "heldout_tokens": int(len(test)), "anchors": int(len(anchors)),
+             "units": int(len(units)), "unit_tokens_median": int(np.median(lengths)),
+             "units_ending_by": float((lengths < a.block_seq).mean()),
+             "tokenizer_sha256": sha256(tok_path)}
+    print(f"corpus: {len(train_texts)} train files, {len(train)} tokens, {len(anchors)} top-level "
+          f"def/class lines; {len(test_texts)} held-out files, {len(test)} tokens; "
+          f"tokenizer+encode {time.time() - t0:.0f}s", flush=True)
+    ex = run / "export"
+    ex.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json",):
+        (ex / name).write_bytes((run / name).read_bytes())
+    (ex / "tokenizer_config.json").write_text(json.dumps(
+        {"bos_token": SPECIALS[0], "eos_token": SPECIALS[1], "mask_token": SPECIALS[5],
+         "chat_template": CHAT_TEMPLATE, "model_max_length": arch["max_sequence_length"],
+         "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n")
+    (ex / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (ex / "prompts.txt").write_bytes((OUT / "prompts.txt").read_bytes())
+    ids, mask = heldout_sample(test, a.sample_rows, a.sample_seq, a.seed + 1)
+    save_file({"input_ids": ids, "mask": mask}, str(ex / "heldout_sample.safetensors"))
+    return cfg, train, units, test, facts
 
 
 def cmd_train(a: argparse.Namespace) -> None:
+    """Train into --run (checkpoint.pt, train_log.json, export/ = a loadable model folder);
+    `--resume RUN/checkpoint.pt` continues the saved run with its saved arguments."""
+    ckpt = None
+    if a.resume:
+        ckpt = torch.load(a.resume, weights_only=False)
+        keep = {k: getattr(a, k) for k in ("resume", "max_minutes", "ckpt_minutes", "threads",
+                                           "stdlib")}
+        keep["run"] = str(Path(a.resume).resolve().parent)  # the run folder may have moved
+        if a.steps_override:
+            keep["steps"] = a.steps_override
+        a = argparse.Namespace(**dict(ckpt["args"], **keep))
+        if a.schedule == "wsd" and ckpt["step"] > int(a.steps * (1 - a.decay_share)):
+            sys.exit("error: --steps can only change while the run is in its stable LR phase")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    train_texts, test_texts = load_corpus(Path(a.stdlib))
-    tok = train_tokenizer(train_texts, ARCH["vocab_size"])
-    cfg = model_config(tok, ARCH)
+    run = Path(a.run)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg, train, units, test, facts = prepare_run(a, run)
+    anchors = units[:, 0][units[:, 0] <= len(train) - a.seq]
     mask_id = cfg["mask_token_id"]
-    train, test = encode_files(tok, train_texts), encode_files(tok, test_texts)
-    counts = np.bincount(train, minlength=ARCH["vocab_size"])
-    unigram = int(counts.argmax())
-    print(f"corpus: {len(train_texts)} train files, {len(train)} tokens; {len(test_texts)} "
-          f"held-out files, {len(test)} tokens; tokenizer+encode {time.time() - t0:.0f}s",
-          flush=True)
-    tok.save(str(out / "tokenizer.json"))
-    (out / "tokenizer_config.json").write_text(json.dumps(
-        {"bos_token": SPECIALS[0], "eos_token": SPECIALS[1], "mask_token": SPECIALS[5],
-         "chat_template": CHAT_TEMPLATE, "model_max_length": ARCH["max_sequence_length"],
-         "tokenizer_class": "PreTrainedTokenizerFast"}, indent=2) + "\n")
-    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-    ids, mask = heldout_sample(test, a.sample_rows, a.seq, a.seed + 1)
-    save_file({"input_ids": ids, "mask": mask}, str(out / "heldout_sample.safetensors"))
+    bos, eos = (Tokenizer.from_file(str(run / "tokenizer.json")).token_to_id(t)
+                for t in SPECIALS[:2])
+    sample = load_file(str(run / "export" / "heldout_sample.safetensors"))
+    ids, mask = sample["input_ids"], sample["mask"]
 
     net = LLaDA(cfg)
     decay = [p for p in net.parameters() if p.dim() == 2]
     other = [p for p in net.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
                              {"params": other, "weight_decay": 0.0}], lr=a.lr, betas=(0.9, 0.95))
+    ema = ({k: v.detach().clone() for k, v in net.state_dict().items()} if a.ema > 0 else None)
     rng = np.random.default_rng(a.seed)
     gen = torch.Generator().manual_seed(a.seed + 2)
-    log = {"loss": [], "eval": [], "args": vars(a), "unigram_token": unigram,
-           "train_tokens": int(len(train)), "heldout_tokens": int(len(test))}
+    log = {"loss": [], "eval": [], "args": vars(a), "sessions": [], **facts}
+    step0, run_loss = 0, 0.0
+    if ckpt is not None:
+        if ckpt["facts"]["tokenizer_sha256"] != facts["tokenizer_sha256"] or \
+                ckpt["facts"]["train_tokens"] != facts["train_tokens"]:
+            sys.exit("error: the run folder's tokenizer or corpus differs from the checkpoint's")
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        ema = ckpt["ema"]
+        rng.bit_generator.state = ckpt["np_rng"]
+        gen.set_state(ckpt["gen"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        log, step0, run_loss = ckpt["log"], ckpt["step"], ckpt["run_loss"]
+        log["args"] = vars(a)
+        print(f"resumed {a.resume} at step {step0}", flush=True)
+    log["sessions"].append({"from_step": step0, "threads": torch.get_num_threads()})
+
+    stop = {"signal": None}
+    signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(signal=sig))
+
+    def checkpoint(step: int) -> None:
+        log["train_seconds"] = log.get("train_seconds", 0.0) + time.time() - t_mark[0]
+        t_mark[0] = time.time()
+        log["threads"], log["steps_done"] = torch.get_num_threads(), step
+        save_checkpoint(run / "checkpoint.pt", {
+            "step": step, "args": vars(a), "facts": facts, "model": net.state_dict(),
+            "opt": opt.state_dict(), "ema": ema, "np_rng": rng.bit_generator.state,
+            "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "log": log,
+            "run_loss": run_loss})
+        export_weights(net, ema, run / "export")
+        (run / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+        print(f"checkpoint at step {step} -> {run / 'checkpoint.pt'}", flush=True)
+
     long_from = int(a.steps * (1 - a.long_share))
-    t_train, run = time.time(), 0.0
-    for step in range(a.steps):
+    t_start, t_mark, last_ckpt = time.time(), [time.time()], time.time()
+    step = step0
+    while step < a.steps:
         seq, batch = (a.seq, a.batch) if step < long_from else (2 * a.seq, a.batch // 2)
-        starts = rng.integers(0, len(train) - seq, batch)
-        x = torch.from_numpy(np.stack([train[s:s + seq] for s in starts]).astype(np.int64))
+        x = windows(train, anchors, rng, batch, seq, a.anchor_share, bos)
+        xb = None
+        if a.block_rows and a.block_source == "units":
+            xb = unit_rows(train, units, rng, a.block_rows, a.block_seq, bos, eos)
+        elif a.block_rows:
+            xb = windows(train, anchors, rng, a.block_rows, a.block_seq, a.anchor_share, bos)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, a.steps, a.lr, a.warmup)
+            g["lr"] = lr_at(step, a)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = diffusion_loss(net, x, mask_id, gen, a.t_sampling == "stratified")
+            if xb is not None:
+                loss = loss + block_loss(net, xb, mask_id, gen, a.block)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        run += loss.item()
-        if (step + 1) % 10 == 0:
-            log["loss"].append([step + 1, run / 10])
-            run = 0.0
-        if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
+        step += 1
+        if ema is not None:
+            d = min(a.ema, step / (step + 10))
+            with torch.no_grad():
+                for k, v in net.state_dict().items():
+                    ema[k].lerp_(v, 1 - d)
+        run_loss += loss.item()
+        if step % 10 == 0:
+            log["loss"].append([step, run_loss / 10])
+            run_loss = 0.0
+        if step % a.eval_every == 0 or step == a.steps:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 acc = masked_accuracy(net, ids[:32], mask[:32], mask_id)
-            el = time.time() - t_train
-            log["eval"].append([step + 1, acc, el])
-            print(f"step {step + 1}/{a.steps} loss {log['loss'][-1][1]:.3f} heldout-acc "
-                  f"{acc:.3f} {el / 60:.1f} min", flush=True)
-            if el > a.max_minutes * 60 and step + 1 < a.steps:
-                log["stopped_early_at"] = step + 1
-                print(f"time guard: stopping after {step + 1} steps", flush=True)
-                break
-    log["train_seconds"] = time.time() - t_train
-    log["threads"] = torch.get_num_threads()
-    sd = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in net.state_dict().items()}
-    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
-    Path(a.log).write_text(json.dumps(log, indent=1) + "\n")
-    print(f"done in {(time.time() - t0) / 60:.1f} min -> {out}", flush=True)
+            el = log.get("train_seconds", 0.0) + time.time() - t_mark[0]
+            log["eval"].append([step, acc, el])
+            last = log["loss"][-1][1] if log["loss"] else float("nan")
+            print(f"step {step}/{a.steps} loss {last:.3f} heldout-acc {acc:.3f} "
+                  f"(raw weights) lr {lr_at(step - 1, a):.2e} {el / 60:.1f} min", flush=True)
+        out_of_time = time.time() - t_start > a.max_minutes * 60
+        if (stop["signal"] or out_of_time or step == a.steps
+                or time.time() - last_ckpt > a.ckpt_minutes * 60):
+            checkpoint(step)
+            last_ckpt = time.time()
+            if stop["signal"] or out_of_time:
+                print(f"stopping at step {step} ({'SIGTERM' if stop['signal'] else 'time'}); "
+                      f"resume with --resume {run / 'checkpoint.pt'}", flush=True)
+                return
+    print(f"done: {step} steps -> {run / 'export'}", flush=True)
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    """Copy a run's export folder (model, tokenizer, config, held-out sample, prompts) and its
+    log to --out (fastdiff/assets/demo by default) for `card`."""
+    run, out = Path(a.run), Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in sorted((run / "export").iterdir()):
+        if not f.name.endswith(".tmp"):
+            (out / f.name).write_bytes(f.read_bytes())
+    Path(a.log).write_text((run / "train_log.json").read_text())
+    print(f"exported {run / 'export'} -> {out}, log -> {a.log}")
 
 
 def load_trained(out: Path) -> tuple[LLaDA, dict, Tokenizer]:
     """The exported checkpoint as an fp32 training-side model (weights as stored, bf16-rounded)."""
     cfg = json.loads((out / "config.json").read_text())
     net = LLaDA(cfg)
-    net.load_state_dict({k: v.float() for k, v in load_file(str(out / "model.safetensors")).items()})
+    sd = load_file(str(out / "model.safetensors"))
+    net.load_state_dict({k: v.float() for k, v in sd.items()})
     return net.eval(), cfg, Tokenizer.from_file(str(out / "tokenizer.json"))
 
 
@@ -441,15 +646,101 @@ def cmd_card(a: argparse.Namespace) -> None:
         rows.append((p, text, good, gen))
     gen_s = time.time() - t0
     engine = engine_check(out, prompts, [r[3] for r in rows], a)
+    from eval_demo import decode_figures  # the same tool measures any exported folder
+    figs = decode_figures(out, a.gen_length, a.block_length)
+    for name, f in figs.items():  # the test reads these back
+        key = name.replace(" ", "_").replace("/", "_per_").replace(".", "")
+        meta[f"{key}_tokens_per_forward"] = f"{f['tokens_per_forward']:.4f}"
+        meta[f"{key}_parse"] = str(f["parse"])
+    save_file({"input_ids": ids, "mask": mask}, str(out / "heldout_sample.safetensors"), meta)
     plot_curve(log, uni_acc, out / "training_curve.png")
-    write_card(out, cfg, log, acc, uni_acc, uni, tok, ok, len(prompts), rows, gen_s, engine, a)
+    write_card(out, cfg, log, acc, uni_acc, uni, tok, ok, len(prompts), rows, gen_s, engine,
+               figs, a)
     print(f"held-out acc {acc:.4f}, unigram {uni_acc:.4f} ({acc / uni_acc:.2f}x), "
           f"ast.parse {ok}/{len(prompts)}, generation {gen_s:.0f}s")
 
 
+def figures_text(figs: dict) -> str:
+    """The engine's parallel-decoding table (tools/eval_demo.py's settings)."""
+    rows = "\n".join(f"| {name} | {f['tokens_per_forward']:.2f} | {f['parse']}/{f['n']} | "
+                     f"{f['seconds']:.1f} |" for name, f in figs.items())
+    return f"""Parallel decoding through the engine (tools/eval_demo.py: `fastdiff.Engine`, CPU,
+float32, all 20 prompts as one batch, greedy, gen_length 64, block_length 32; tokens per forward =
+64 x 20 / the prompts' summed NFE, so positions denoised after an EOS count too; parse as above;
+"1/step" is the fixed schedule with steps = 64, "t0.9" a confidence threshold of 0.9, "dual" the
+dual KV cache; `make demo` uses t0.9 dual). `tests/test_demo_model.py` reproduces the t0.9 dual
+row within 0.05 tokens per forward and 1 parse.
+
+| setting | tokens per forward | parse | seconds (batch of 20) |
+|---|---|---|---|
+{rows}"""
+
+
+def recipe_text(ta: dict, log: dict, strat: str, long_from: int, stopped: str) -> str:
+    """The card's recipe paragraph from the run's saved arguments (old logs: the first recipe)."""
+    steps = log.get("steps_done") or (log["loss"][-1][0] if log["loss"] else ta["steps"])
+    block_rows = ta.get("block_rows", 0)
+    tokens = steps * (ta["batch"] * ta["seq"] + block_rows * ta.get("block_seq", 0))
+    text = f"""LLaDA's pretraining objective: per sequence t = (1 - 1e-3) U + 1e-3,
+U ~ U[0, 1){strat}; each token is replaced by MASK with probability t; loss = sum over
+masked positions of CE / t, divided by the number of tokens. Random windows of the
+concatenated training stream (files joined as BOS + text + EOS, so the model learns to emit
+EOS), batch {ta['batch']} x {ta['seq']} tokens"""
+    if ta.get("long_share", 0) > 0:
+        text += (f" for steps 1-{long_from}, then {ta['batch'] // 2} x {2 * ta['seq']} up to step "
+                 f"{ta['steps']}{stopped}")
+    text += "."
+    if ta.get("anchor_share", 0) > 0:
+        text += f"""
+Anchored windows: each row is, with probability {ta['anchor_share']}, BOS followed by the stream
+from the start of a top-level `def `/`class ` line ({log['anchors']:,} such lines) instead of a
+random window: the demo prompts are exactly that (BOS + a top-level `def`/`class` line), which a
+random window almost never shows at position 0."""
+    if block_rows:
+        b, lb = ta["block"], ta["block_seq"]
+        rows = ("random windows" if ta.get("block_source", "units") == "windows" else
+                f"""BOS + one top-level def/class statement of the training files (from its
+keyword to the end of its last line, {log['units']:,} of them, median {log['unit_tokens_median']}
+tokens), cut at {lb} tokens or, when shorter, ended by EOS and padded with EOS to {lb} tokens
+(LLaDA's SFT pads answers with EOS the same way): the model learns to finish a function with EOS
+and to fill the rest of the window with it""")
+        text += f"""
+A second objective on {block_rows} extra rows of {lb} tokens per step: {rows}. Its mask is
+shaped like the semi-autoregressive decode the engine runs: a clean prefix of
+c ~ U{{1..{lb - b}}} tokens, then a block of {b} tokens masked with probability t ~ U(1e-3, 1], then every later
+position masked; CE / t on the block's masked tokens divided by rows x {b}, added to the first
+loss. Why: the threshold decoder commits every masked token of the current block whose
+confidence exceeds 0.9, with the prefix clean and the rest of the window masked, while LLaDA's
+objective trains on windows masked uniformly at random, with context on both sides; training on
+the decode's own mask pattern at every block fill level (t small: the block nearly done; t near
+1: a fresh block) makes the model sharp where the decoder asks."""
+    sched = ("cosine decay to 10%" if ta.get("schedule", "cosine") == "cosine" else
+             f"constant, then a linear decay to 10% over the last {ta['decay_share']:.0%} of "
+             f"{ta['steps']} steps\n(warmup-stable-decay: a run extends while in the stable "
+             f"phase)")
+    ema = (f"; the exported weights are an EMA of the weights (decay {ta['ema']})"
+           if ta.get("ema", 0) > 0 else "")
+    text += f"""
+AdamW (betas 0.9, 0.95; weight decay 0.1 on matrices), peak LR {ta['lr']}, {ta['warmup']} warmup
+steps, {sched}, gradient clip 1.0, bf16 autocast on the CPU (weights and optimizer in
+fp32){ema}, seed {ta['seed']}. Trained on {log['threads']} CPU thread(s)
+(torch.set_num_threads) of an AMD EPYC (AVX-512 BF16) 2-core VM shared with other jobs, in
+{log['train_seconds'] / 60:.1f} minutes of wall time ({steps} steps; {tokens:,} training
+tokens). Reproduce (deterministic given seed and thread count; a run resumed from its
+checkpoint gives bitwise the weights of an uninterrupted one):
+
+```
+python tools/train_demo.py train --run RUN --threads {log['threads']}   # defaults otherwise
+python tools/train_demo.py train --resume RUN/checkpoint.pt   # after an interruption
+python tools/train_demo.py export --run RUN   # RUN/export -> fastdiff/assets/demo, log
+python tools/train_demo.py card
+```"""
+    return text
+
+
 def write_card(out: Path, cfg: dict, log: dict, acc: float, uni_acc: float, uni: int,
                tok: Tokenizer, ok: int, n: int, rows: list, gen_s: float, engine: str,
-               a: argparse.Namespace) -> None:
+               figs: dict, a: argparse.Namespace) -> None:
     ta = log["args"]
     n_params = sum(v.numel() for v in load_file(str(out / "model.safetensors")).values())
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
@@ -492,27 +783,13 @@ the script skips files whose hash does not match and refuses to train when more 
 Training stream: {log['train_tokens']:,} tokens; held-out stream: {log['heldout_tokens']:,} tokens.
 
 ## Recipe
-LLaDA's pretraining objective: per sequence t = (1 - 1e-3) U + 1e-3, U ~ U[0, 1){strat}; each
-token is replaced by MASK with probability t; loss = sum over masked positions of CE / t, divided
-by the number of tokens. Random windows of the concatenated training stream (files joined as
-BOS + text + EOS, so the model learns to emit EOS), batch {ta['batch']} x {ta['seq']} tokens for
-steps 1-{long_from}, then {ta['batch'] // 2} x {2 * ta['seq']} up to step {ta['steps']}{stopped}.
-AdamW (betas 0.9, 0.95; weight decay 0.1 on matrices), peak LR {ta['lr']}, {ta['warmup']} warmup
-steps, cosine decay to 10%, gradient clip 1.0, bf16 autocast on the CPU (weights and optimizer
-in fp32), seed {ta['seed']}. Trained on {log['threads']} CPU thread(s) (torch.set_num_threads) of an
-AMD EPYC (AVX-512 BF16) 2-core VM shared with other jobs, in {log['train_seconds'] / 60:.1f} minutes of
-wall time ({ta['steps']} steps; {ta['steps'] * ta['batch'] * ta['seq']:,} training tokens). Reproduce (deterministic
-given seed and thread count; two 20-step runs gave bitwise-identical weights and tokenizer):
-
-```
-python tools/train_demo.py train   # defaults: --threads {log['threads']} --seed {ta['seed']} --steps {ta['steps']} --lr {ta['lr']}
-python tools/train_demo.py card
-```
+{recipe_text(ta, log, strat, long_from, stopped)}
 
 ![training curve](training_curve.png)
 
-The curve's accuracy points use the first 32 rows of the committed sample under bf16 autocast;
-the table below uses all rows in float32.
+The curve's accuracy points use the first 32 rows of the committed sample under bf16 autocast
+and the training (not EMA) weights; the table below uses all rows in float32 and the exported
+weights.
 
 ## Evaluation
 Held-out masked-token accuracy at mask ratio 0.5 on the committed sample
@@ -538,8 +815,10 @@ the first EOS/EoT, trimmed to the last complete line (kept whole when EOS was em
 adds no complete line counts as a failure. ({gen_s:.0f} s for all {n} with {torch.get_num_threads()} thread(s).)
 {engine}
 
+{figures_text(figs)}
+
 ## Limitations
-A few million parameters trained for about 40 minutes on a 2-core CPU: it has learned Python's
+A few million parameters trained for {log['train_seconds'] / 60:.0f} minutes on a 2-core CPU: it has learned Python's
 surface (indentation, names, keywords, `self`, docstrings) but not programs. Masked-token
 accuracy is well above the baseline, yet free generation is weak: greedy low-confidence
 remasking tends to commit easy filler (blank lines, `#`, repeated identifiers) across the
@@ -557,23 +836,42 @@ diffusion decoding quality.
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["pin", "train", "card"])
+    ap.add_argument("command", choices=["pin", "train", "export", "card"])
     ap.add_argument("--stdlib", default=sysconfig.get_paths()["stdlib"])
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--out", default=str(OUT), help="model folder for export/card")
+    ap.add_argument("--run", default="/work/demo_train/run",
+                    help="train: checkpoint, log and export/ folder (keep it out of git)")
+    ap.add_argument("--resume", default=None, help="train: continue RUN/checkpoint.pt")
+    ap.add_argument("--steps-override", type=int, default=None,
+                    help="with --resume: a new total step count (stable LR phase only)")
     ap.add_argument("--log", default=str(CORPUS / "train_log.json"))
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heldout-share", type=float, default=0.04)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=30000)
+    ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--long-share", type=float, default=0.15, help="final share at 2*seq")
+    ap.add_argument("--long-share", type=float, default=0.0, help="final share at 2*seq")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--schedule", choices=["cosine", "wsd"], default="wsd")
+    ap.add_argument("--decay-share", type=float, default=0.2, help="wsd: final linear decay")
+    ap.add_argument("--ema", type=float, default=0.999, help="EMA of the weights (0: off)")
+    ap.add_argument("--anchor-share", type=float, default=0.25,
+                    help="rows that start with BOS + a top-level def/class line")
+    ap.add_argument("--block-rows", type=int, default=16,
+                    help="extra rows per step of the block (semi-AR decode) objective")
+    ap.add_argument("--block-seq", type=int, default=80)
+    ap.add_argument("--block-source", choices=["units", "windows"], default="units",
+                    help="block rows: BOS + a top-level def/class + EOS padding, or windows")
+    ap.add_argument("--block", type=int, default=32)
     ap.add_argument("--t-sampling", choices=["iid", "stratified"], default="iid")
-    ap.add_argument("--warmup", type=int, default=100)
-    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=200)
+    ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--sample-rows", type=int, default=64)
-    ap.add_argument("--max-minutes", type=float, default=42.0)
+    ap.add_argument("--sample-seq", type=int, default=256)
+    ap.add_argument("--max-minutes", type=float, default=1e9, help="stop (and checkpoint) after")
+    ap.add_argument("--ckpt-minutes", type=float, default=5.0)
     ap.add_argument("--gen-length", type=int, default=64)
     ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--gen-steps", type=int, default=64)
@@ -582,6 +880,8 @@ def main() -> None:
         pin(Path(a.stdlib), a.heldout_share, a.seed)
     elif a.command == "train":
         cmd_train(a)
+    elif a.command == "export":
+        cmd_export(a)
     else:
         cmd_card(a)
 
