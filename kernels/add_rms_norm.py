@@ -22,6 +22,28 @@ CHUNK_D = 4096
 
 
 @triton.jit
+def _load_sum(x_row, delta_row, offs, m, dt: tl.constexpr, HAS_DELTA: tl.constexpr,
+              BF16_RNE: tl.constexpr):
+    """s = x (+ delta, rounded to the dtype) over one chunk, in fp32."""
+    s = tl.load(x_row + offs, mask=m, other=0.0).to(tl.float32)
+    if HAS_DELTA:
+        s = s + tl.load(delta_row + offs, mask=m, other=0.0).to(tl.float32)
+        s = cast(s, dt, BF16_RNE).to(tl.float32)
+    return s
+
+
+@triton.jit
+def _store_sum_norm(s, rstd, offs, m, s_row, y_row, w_ptr, dt: tl.constexpr,
+                    STORE_S: tl.constexpr, BF16_RNE: tl.constexpr):
+    """Writes s (STORE_S) and y = (s * rstd rounded) * w over one chunk."""
+    if STORE_S:
+        tl.store(s_row + offs, cast(s, dt, BF16_RNE), mask=m)
+    yn = cast(s * rstd, dt, BF16_RNE).to(tl.float32)
+    w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    tl.store(y_row + offs, cast(yn * w, dt, BF16_RNE), mask=m)
+
+
+@triton.jit
 def _add_rms_norm_kernel(x_ptr, delta_ptr, w_ptr, s_ptr, y_ptr, d, eps,
                          stride_x, stride_delta, stride_s, stride_y,
                          HAS_DELTA: tl.constexpr, STORE_S: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -31,43 +53,25 @@ def _add_rms_norm_kernel(x_ptr, delta_ptr, w_ptr, s_ptr, y_ptr, d, eps,
     delta_row = delta_ptr + row * stride_delta
     s_row = s_ptr + row * stride_s
     y_row = y_ptr + row * stride_y
-    dt = y_ptr.dtype.element_ty
+    dt: tl.constexpr = y_ptr.dtype.element_ty
     if SINGLE:
         offs = tl.arange(0, BLOCK_D)
         m = offs < d
-        s = tl.load(x_row + offs, mask=m, other=0.0).to(tl.float32)  # [BLOCK_D]
-        if HAS_DELTA:
-            s = s + tl.load(delta_row + offs, mask=m, other=0.0).to(tl.float32)
-            s = cast(s, dt, BF16_RNE).to(tl.float32)
-        if STORE_S:
-            tl.store(s_row + offs, cast(s, dt, BF16_RNE), mask=m)
+        s = _load_sum(x_row, delta_row, offs, m, dt, HAS_DELTA, BF16_RNE)  # [BLOCK_D]
         rstd = tl.math.rsqrt(tl.sum(s * s, axis=0) / d + eps)
-        yn = cast(s * rstd, dt, BF16_RNE).to(tl.float32)
-        w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-        tl.store(y_row + offs, cast(yn * w, dt, BF16_RNE), mask=m)
+        _store_sum_norm(s, rstd, offs, m, s_row, y_row, w_ptr, dt, STORE_S, BF16_RNE)
     else:
         acc = tl.zeros((BLOCK_D,), tl.float32)
         for c0 in range(0, d, BLOCK_D):  # pass 1: sum of squares of the rounded s
             offs = c0 + tl.arange(0, BLOCK_D)
-            m = offs < d
-            s = tl.load(x_row + offs, mask=m, other=0.0).to(tl.float32)
-            if HAS_DELTA:
-                s = s + tl.load(delta_row + offs, mask=m, other=0.0).to(tl.float32)
-                s = cast(s, dt, BF16_RNE).to(tl.float32)
+            s = _load_sum(x_row, delta_row, offs, offs < d, dt, HAS_DELTA, BF16_RNE)
             acc += s * s
         rstd = tl.math.rsqrt(tl.sum(acc, axis=0) / d + eps)
         for c0 in range(0, d, BLOCK_D):  # pass 2: s again (x may be overwritten now), y
             offs = c0 + tl.arange(0, BLOCK_D)
             m = offs < d
-            s = tl.load(x_row + offs, mask=m, other=0.0).to(tl.float32)
-            if HAS_DELTA:
-                s = s + tl.load(delta_row + offs, mask=m, other=0.0).to(tl.float32)
-                s = cast(s, dt, BF16_RNE).to(tl.float32)
-            if STORE_S:
-                tl.store(s_row + offs, cast(s, dt, BF16_RNE), mask=m)
-            yn = cast(s * rstd, dt, BF16_RNE).to(tl.float32)
-            w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-            tl.store(y_row + offs, cast(yn * w, dt, BF16_RNE), mask=m)
+            s = _load_sum(x_row, delta_row, offs, m, dt, HAS_DELTA, BF16_RNE)
+            _store_sum_norm(s, rstd, offs, m, s_row, y_row, w_ptr, dt, STORE_S, BF16_RNE)
 
 
 def pick_config(d: int) -> dict:

@@ -121,8 +121,8 @@ class GraphRunner:
         self._initial = self._snapshot()
         self.graphs = self._capture(warmup)
         self.loop = self._build_loop() if self.mode == "while" else None
-        if self.loop is None:
-            self.mode = "replay" if self.mode == "while" else self.mode
+        if self.loop is None:  # replay, chosen or after a failed WHILE build
+            self.mode = "replay"
             for g in self.graphs:
                 g.instantiate()
 
