@@ -4,7 +4,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
@@ -13,7 +13,7 @@ from .decoding.cache import KVStore, make_strategy
 from .decoding.loop import Request, denoise
 from .decoding.policies import Scorer, make_policy
 from .decoding.state import DecodeState
-from .models.llada import LLaDAModel
+from .models.transformer import DLLMModel
 from .models.loader import load_checkpoint
 from .models.tokenizer import Tokenizer
 from .ops import get_ops
@@ -35,6 +35,38 @@ class Completion:
     text: Optional[str]
     finish_reason: str
     nfe: int
+
+
+class Run:
+    """A generation in progress, as on_step callbacks see it: the canvas so far and per-row
+    cancellation. tokens(): [B, gen_length] device view of the generation region (MASK where
+    not yet committed); cancel(row): the row leaves the run at the next step (frozen like an
+    early-stopped row, NFE stops counting); the other rows are undisturbed."""
+
+    def __init__(self, state: DecodeState, mask_id: int) -> None:
+        self.state = state
+        self.mask_id = mask_id
+
+    @property
+    def batch(self) -> int:
+        return self.state.batch
+
+    def tokens(self) -> torch.Tensor:
+        return self.state.generated()
+
+    def cancel(self, row: int) -> None:
+        if not 0 <= row < self.state.batch:
+            raise IndexError(f"row {row} is outside the batch of {self.state.batch}")
+        self.state.cancel[row] = True
+
+    def done(self) -> list[bool]:
+        """Per row: frozen (early stop or cancel) or nothing left to commit (a host read)."""
+        st = self.state
+        live = (st.generated() == self.mask_id).any(1) & st.active & ~st.cancel
+        return (~live).tolist()
+
+
+StepCallback = Callable[[Run, int, int], None]
 
 
 def resolve_device(device: Union[str, torch.device]) -> torch.device:
@@ -93,7 +125,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 class Engine:
     """A loaded model ready to decode. Build with Engine.from_pretrained(path)."""
 
-    def __init__(self, model: LLaDAModel, tokenizer: Optional[Tokenizer], *, backend: str,
+    def __init__(self, model: DLLMModel, tokenizer: Optional[Tokenizer], *, backend: str,
                  graphs: bool = False, max_batch_size: int = 16,
                  max_seq_len: Optional[int] = None) -> None:
         self.model = model
@@ -133,11 +165,22 @@ class Engine:
                               dtype=self.model.dtype, device=self.model.device)
         return self._store
 
-    def _decode(self, state: DecodeState, gen: GenerationConfig) -> None:
-        """The one loop, eager or as captured CUDA graphs (same tokens either way)."""
-        if not self.graphs:
-            denoise(self.model, self.ops, state, self._request(gen, state.batch,
-                                                               state.x.shape[1]))
+    def _decode(self, state: DecodeState, gen: GenerationConfig,
+                on_step: Optional[StepCallback] = None, interval: str = "block") -> None:
+        """The one loop, eager or as captured CUDA graphs (same tokens either way). With an
+        on_step callback the loop runs eagerly (the host calls back between steps)."""
+        if not self.graphs or on_step is not None:
+            hook = None
+            if on_step is not None:
+                run, Lb = Run(state, self.config.mask_token_id), gen.block_length
+                last = gen.max_steps_per_block
+
+                def hook(st: DecodeState, block: int, i: int) -> None:
+                    if interval == "step" or i + 1 >= last or not bool(
+                            st.live_masks(st.prompt_len + block * Lb, Lb).any()):
+                        on_step(run, block, i)
+            denoise(self.model, self.ops, state,
+                    self._request(gen, state.batch, state.x.shape[1]), on_step=hook)
             return
         from .decoding.buckets import batch_bucket, prompt_bucket
         if self._graph_cache is None:
@@ -174,7 +217,7 @@ class Engine:
         from .models.writer import random_weights
         dev, dt, be, use_graphs = resolve_options(device, dtype, backend, graphs)
         weights = random_weights(config, seed=seed, dtype=dt, device=dev)
-        return cls(LLaDAModel(config, weights, get_ops(be)), None, backend=be, graphs=use_graphs,
+        return cls(DLLMModel(config, weights, get_ops(be)), None, backend=be, graphs=use_graphs,
                    max_batch_size=max_batch_size, max_seq_len=max_seq_len)
 
     # ------------------------------------------------------------------------------ prompts
@@ -217,15 +260,48 @@ class Engine:
         return ids
 
     # ------------------------------------------------------------------------------ generate
+    def encode(self, prompt: Prompt, *, chat: bool = False) -> list[int]:
+        """One prompt (string, token ids or chat messages) -> the token ids generate feeds."""
+        return self._prompt_list([prompt] if not isinstance(prompt, str) and prompt and
+                                 isinstance(prompt[0], dict) else prompt, chat)[0]
+
+    def resolve_config(self, config: Optional[GenerationConfig] = None,
+                       **overrides) -> GenerationConfig:
+        """The request's settings with every family-dependent default filled in for this
+        engine's model family, validated for it (ValueError naming the field otherwise)."""
+        gen = config or GenerationConfig()
+        if overrides:
+            gen = gen.replace(**overrides)
+        return gen.resolve(self.config.family)
+
     @torch.inference_mode()
     def generate(self, prompts, config: Optional[GenerationConfig] = None, *, chat: bool = False,
                  **overrides) -> list[Completion]:
         """prompts: a string, a list of strings, a list of token ids, a list of token-id lists, or
         chat messages; chat=True renders strings with the checkpoint's chat template."""
-        gen = config or GenerationConfig()
-        if overrides:
-            gen = gen.replace(**overrides)
-        ids = self._prompt_list(prompts, chat)
+        gen = self.resolve_config(config, **overrides)
+        return self.generate_ids(self._prompt_list(prompts, chat), gen)
+
+    @torch.inference_mode()
+    def generate_ids(self, ids: list[list[int]], config: Optional[GenerationConfig] = None, *,
+                     seeds: Optional[list[Optional[int]]] = None,
+                     on_step: Optional[StepCallback] = None,
+                     stream_interval: str = "block") -> list[Completion]:
+        """Decode token-id prompts as one batch. seeds: one per row (None entries: config.seed,
+        else random); every row's result equals its run alone with the same seed and settings.
+        on_step(run, block, step): called from this thread after every block ("block") or
+        every step ("step"), where the callback may read run.tokens() and run.cancel(row)."""
+        gen = self.resolve_config(config)
+        if stream_interval not in ("block", "step"):
+            raise ValueError(f"stream_interval={stream_interval!r} is invalid; allowed: 'block', "
+                             "'step'")
+        ids = [list(p) for p in ids]
+        if not ids:
+            raise ValueError("prompts is empty: pass at least one prompt")
+        for p in ids:
+            self._encode(p, chat=False)  # checks the ids
+        if seeds is not None and len(seeds) != len(ids):
+            raise ValueError(f"{len(seeds)} seeds for {len(ids)} prompts: pass one per prompt")
         if len(ids) > self.max_batch_size:
             raise ValueError(f"{len(ids)} prompts exceed max_batch_size={self.max_batch_size}; "
                              "split the batch or build the engine with a larger max_batch_size")
@@ -233,16 +309,21 @@ class Engine:
         if max(len(p) for p in ids) + gen.gen_length > self.max_seq_len:
             raise ValueError(f"prompt + gen_length exceeds the engine's max_seq_len="
                              f"{self.max_seq_len}; lower gen_length or raise max_seq_len")
-        seed = gen.seed if gen.seed is not None else secrets.randbits(63)
+        default = gen.seed if gen.seed is not None else secrets.randbits(63)
+        row_seeds = [default if s is None else s for s in (seeds or [None] * len(ids))]
+        for s in row_seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63:
+                raise ValueError(f"seed={s!r} is invalid: must be an integer in [0, 2**63)")
         state = DecodeState.from_prompts(ids, gen.gen_length, mask_id=self.config.mask_token_id,
                                          pad_id=self.config.pad_token_id,
-                                         seeds=[seed] * len(ids), device=self.model.device)
-        self._decode(state, gen)
+                                         seeds=row_seeds, device=self.model.device)
+        self._decode(state, gen, on_step, stream_interval)
         return self._completions(state)
 
     def _request(self, gen: GenerationConfig, batch: int = 0, length: int = 0) -> Request:
         """The request's resolved strategies; with a KV cache, a store holding batch rows of
         `length` columns (0: the engine's largest)."""
+        gen = gen.resolve(self.config.family)  # a no-op for resolved settings
         strategy = make_strategy(gen.cache)
         eos = self.config.eos_token_id
         stop_ids = None
@@ -253,7 +334,7 @@ class Engine:
                        strategy=strategy,
                        store=self.kv_store(batch, length) if strategy.needs_store else None,
                        block_length=gen.block_length, cfg_scale=float(gen.cfg_scale),
-                       stop_ids=stop_ids, eos_id=eos)
+                       stop_ids=stop_ids, eos_id=eos, shift=int(self.config.shift_logits))
 
     def _completions(self, state: DecodeState) -> list[Completion]:
         full = state.generated().tolist()  # device-to-host copies, after the loop only

@@ -5,10 +5,11 @@ step index i are scalars (eager loop) or read from device memory (captured graph
 kernel's words, so one graph serves every block). Writes, for the fed columns c = lo + s,
 s < S (lo = bs, or a fixed lo): ids / pos [B, S] int64 (canvas token, RoPE position) and slot
 int32 [B, S] (c, or -1 below bs with WRITE_FROM_BLOCK); for the block positions j < Lb:
-rows int64 [B, Lb] = bs + j - lo and row_map int32 [B, Lb] = j where x[b, bs + j] is MASK and
+rows int64 [B, Lb] = bs + j - shift - lo (shift 1: shifted logits) and row_map int32 [B, Lb] = j where x[b, bs + j] is MASK and
 the row is active, else -1; block_start int32 [B] and pos_base int64 [B] = bs - prompt_len; and
 with the fixed schedule (STEPS > 0) m0 [B] (the block's MASK count, at i == 0) and k [B] =
-m0 // STEPS + (m0 % STEPS > i). A cancelled row is frozen first (active[b] = False: the only
+m0 // STEPS + (m0 % STEPS > i), or with Dream's quota (RATIOS) k = int(masks * ratios[i]).
+(lo = bs - shift when it follows the block.) A cancelled row is frozen first (active[b] = False: the only
 value ever written there). Semantics: fastdiff.ops.reference.step_prepare."""
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ MAX_BLOCK = 512  # widest chunk one program walks per iteration (1024 spills on 
 @triton.jit
 def _step_prepare_kernel(x_ptr, pos_ptr, active_ptr, cancel_ptr, m0_ptr, cursor_ptr,
                          ids_ptr, fpos_ptr, slot_ptr, rows_ptr, rmap_ptr, bstart_ptr, pbase_ptr,
-                         k_ptr, block_arg, i_arg, lo_arg, prompt_len, Lb, S, stride_x,
-                         stride_p, mask_id, STEPS: tl.constexpr, FROM_DEVICE: tl.constexpr,
+                         k_ptr, ratio_ptr, block_arg, i_arg, lo_arg, prompt_len, Lb, S,
+                         stride_x, stride_p, mask_id, shift, STEPS: tl.constexpr,
+                         RATIOS: tl.constexpr, FROM_DEVICE: tl.constexpr,
                          LO_FROM_BLOCK: tl.constexpr, WRITE_FROM_BLOCK: tl.constexpr,
                          HAS_CANCEL: tl.constexpr, BLOCK_S: tl.constexpr,
                          BLOCK_L: tl.constexpr):
@@ -40,7 +42,7 @@ def _step_prepare_kernel(x_ptr, pos_ptr, active_ptr, cancel_ptr, m0_ptr, cursor_
         i = i_arg
     bs = prompt_len + block * Lb
     if LO_FROM_BLOCK:
-        lo = bs
+        lo = bs - shift
     else:
         lo = lo_arg + tl.zeros((), tl.int32)
     act = tl.load(active_ptr + b) != 0
@@ -69,7 +71,7 @@ def _step_prepare_kernel(x_ptr, pos_ptr, active_ptr, cancel_ptr, m0_ptr, cursor_
         is_mask = (tok == mask_id) & inb
         masks += tl.sum(is_mask.to(tl.int32), axis=0)
         tl.store(rmap_ptr + b * Lb + j, tl.where(is_mask & act, j, -1), mask=inb)
-        tl.store(rows_ptr + b * Lb + j, (bs + j - lo).to(tl.int64), mask=inb)
+        tl.store(rows_ptr + b * Lb + j, (bs + j - shift - lo).to(tl.int64), mask=inb)
     tl.store(bstart_ptr + b, bs)
     tl.store(pbase_ptr + b, (bs - prompt_len).to(tl.int64))
     if STEPS > 0:
@@ -77,6 +79,9 @@ def _step_prepare_kernel(x_ptr, pos_ptr, active_ptr, cancel_ptr, m0_ptr, cursor_
         m0 = tl.where(i == 0, masks.to(m0.dtype), m0)
         tl.store(m0_ptr + b, m0)
         tl.store(k_ptr + b, m0 // STEPS + (m0 % STEPS > i).to(m0.dtype))
+    if RATIOS:  # Dream's quota: int(float32(block MASK count) * ratio_i), truncated
+        r = tl.load(ratio_ptr + i)
+        tl.store(k_ptr + b, (masks.to(tl.float32) * r).to(tl.int64))
 
 
 def _pow2(n: int, cap: int) -> int:
@@ -99,7 +104,8 @@ def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
                  cancel: Optional[torch.Tensor], m0: Optional[torch.Tensor], *,
                  block: Union[int, torch.Tensor], i: Union[int, torch.Tensor], prompt_len: int,
                  block_length: int, lo: Optional[int], S: int, write_from_block: bool,
-                 steps: int, mask_id: int) -> Prepared:
+                 steps: int, mask_id: int, shift: int = 0,
+                 ratios: Optional[torch.Tensor] = None) -> Prepared:
     """x, positions int64 [B, L], active bool [B] (cancelled rows cleared in place), cancel
     bool [B] | None, m0 int64 [B] (with steps > 0), block / i: ints or int32 device scalars
     (both of one kind) -> Prepared (see fastdiff.ops.step_torch.Prepared)."""
@@ -116,6 +122,10 @@ def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
         raise ValueError(f"cancel must be bool [B={B}]")
     if steps > 0 and (m0 is None or m0.shape != (B,) or m0.dtype != torch.int64):
         raise ValueError("the fixed schedule (steps > 0) needs m0 int64 [B]")
+    if ratios is not None and (steps > 0 or ratios.dtype != torch.float32 or ratios.dim() != 1):
+        raise ValueError("ratios (Dream's quota) must be fp32 [n] and exclusive with steps > 0")
+    if shift not in (0, 1):
+        raise ValueError(f"shift must be 0 or 1, got {shift}")
     from_device = isinstance(block, torch.Tensor)
     if from_device != isinstance(i, torch.Tensor):
         raise ValueError("block and i must both be ints or both device tensors")
@@ -136,14 +146,16 @@ def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
     row_map = torch.empty((B, block_length), dtype=torch.int32, device=dev)
     block_start = torch.empty(B, dtype=torch.int32, device=dev)
     pos_base = torch.empty(B, dtype=torch.int64, device=dev)
-    k = torch.empty(B, dtype=torch.int64, device=dev) if steps > 0 else None
+    k = torch.empty(B, dtype=torch.int64, device=dev) if steps > 0 or ratios is not None \
+        else None
     cfg = pick_config(S, block_length)
     act8 = active.view(torch.int8)
     _step_prepare_kernel[(B,)](
         x, positions, act8, cancel.view(torch.int8) if cancel is not None else act8,
         m0 if m0 is not None else pos_base, cursor, ids, pos, slot, rows, row_map, block_start,
-        pos_base, k if k is not None else pos_base, block_arg, i_arg, lo or 0, prompt_len,
-        block_length, S, x.stride(0), positions.stride(0), mask_id, STEPS=steps,
+        pos_base, k if k is not None else pos_base, ratios if ratios is not None else pos_base,
+        block_arg, i_arg, lo or 0, prompt_len, block_length, S, x.stride(0), positions.stride(0),
+        mask_id, shift, STEPS=steps, RATIOS=ratios is not None,
         FROM_DEVICE=from_device, LO_FROM_BLOCK=lo is None, WRITE_FROM_BLOCK=write_from_block,
         HAS_CANCEL=cancel is not None, BLOCK_S=cfg["BLOCK_S"], BLOCK_L=cfg["BLOCK_L"],
         num_warps=cfg["num_warps"])

@@ -240,14 +240,14 @@ def step_prepare_variants():
     sig = {"x_ptr": "*i64", "pos_ptr": "*i64", "active_ptr": "*i8", "cancel_ptr": "*i8",
            "m0_ptr": "*i64", "cursor_ptr": "*i32", "ids_ptr": "*i64", "fpos_ptr": "*i64",
            "slot_ptr": "*i32", "rows_ptr": "*i64", "rmap_ptr": "*i32", "bstart_ptr": "*i32",
-           "pbase_ptr": "*i64", "k_ptr": "*i64",
+           "pbase_ptr": "*i64", "k_ptr": "*i64", "ratio_ptr": "*fp32",
            **{n: "i32" for n in ("block_arg", "i_arg", "lo_arg", "prompt_len", "Lb", "S",
-                                 "stride_x", "stride_p", "mask_id")}}
+                                 "stride_x", "stride_p", "mask_id", "shift")}}
     for cfg in mod.launch_configs():
-        for dev, lo_blk, wfb, cancel, steps in ((False, False, False, False, 0),
-                                                (True, True, False, True, 4),
-                                                (True, False, True, True, 0)):
-            ce = {"STEPS": steps, "FROM_DEVICE": dev, "LO_FROM_BLOCK": lo_blk,
+        for dev, lo_blk, wfb, cancel, steps, ratios in (
+                (False, False, False, False, 0, False), (True, True, False, True, 4, False),
+                (True, False, True, True, 0, False), (True, True, True, True, 0, True)):
+            ce = {"STEPS": steps, "RATIOS": ratios, "FROM_DEVICE": dev, "LO_FROM_BLOCK": lo_blk,
                   "WRITE_FROM_BLOCK": wfb, "HAS_CANCEL": cancel, "BLOCK_S": cfg["BLOCK_S"],
                   "BLOCK_L": cfg["BLOCK_L"]}
             yield (mod._step_prepare_kernel, sig, ce, cfg["num_warps"], 3,

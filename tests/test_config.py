@@ -6,7 +6,7 @@ from fastdiff import GenerationConfig, ModelConfig
 
 
 def test_defaults_are_llada_generate():
-    g = GenerationConfig()
+    g = GenerationConfig().resolve("llada")
     assert (g.gen_length, g.steps, g.block_length, g.temperature, g.cfg_scale, g.remasking,
             g.logits_eos_inf, g.confidence_eos_eot_inf, g.seed) == (
         128, 128, 128, 0.0, 0.0, "low_confidence", False, False, None)
@@ -15,7 +15,6 @@ def test_defaults_are_llada_generate():
 @pytest.mark.parametrize("kwargs, field", [
     (dict(gen_length=100, block_length=32), "gen_length"),
     (dict(gen_length=64, block_length=16, steps=6), "steps"),  # 4 blocks, 6 % 4 != 0
-    (dict(gen_length=32, block_length=32, steps=33), "steps"),
     (dict(temperature=-0.1), "temperature"),
     (dict(cfg_scale=-1.0), "cfg_scale"),
     (dict(remasking="top_p"), "remasking"),
@@ -29,6 +28,13 @@ def test_invalid_generation_settings_name_the_field(kwargs, field):
         GenerationConfig(**kwargs)
 
 
+def test_llada_steps_beyond_gen_length_fail_at_resolution():
+    g = GenerationConfig(gen_length=32, block_length=32, steps=33)  # Dream allows this
+    with pytest.raises(ValueError, match="steps=33.*llada"):
+        g.resolve("llada")
+    assert g.resolve("dream").steps == 33
+
+
 def test_invalid_remasking_lists_allowed_values():
     with pytest.raises(ValueError, match="low_confidence.*random"):
         GenerationConfig(remasking="nope")
@@ -36,7 +42,7 @@ def test_invalid_remasking_lists_allowed_values():
 
 def test_replace_rejects_unknown_settings():
     with pytest.raises(ValueError, match="unknown generation setting"):
-        GenerationConfig().replace(top_p=0.9)
+        GenerationConfig().replace(nucleus=0.9)
 
 
 def test_prompt_plus_gen_length_beyond_context():

@@ -35,6 +35,7 @@ def philox_noise(seed, prompt_len):
 
 
 def reference_run(setup, prompts, gen: GenerationConfig):
+    gen = gen.resolve("llada")
     engine, W, cfg = setup
     P = max(len(p) for p in prompts)
     x = torch.tensor([[cfg["pad_token_id"]] * (P - len(p)) + p for p in prompts])

@@ -88,7 +88,11 @@ def test_input_errors(engine):
     with pytest.raises(ValueError, match="steps"):
         engine.generate("hi", gen_length=16, block_length=8, steps=7)
     with pytest.raises(ValueError, match="unknown generation setting"):
+        engine.generate("hi", nucleus=3)
+    with pytest.raises(ValueError, match="top_k=3 is invalid: the llada family does not"):
         engine.generate("hi", top_k=3)
+    with pytest.raises(ValueError, match="alg='origin' is invalid: the llada family allows"):
+        engine.generate("hi", alg="origin")
     with pytest.raises(ValueError, match="a prompt must be"):
         engine.generate([[1.5, 2]], **KW)
     with pytest.raises(ValueError, match="backend"):

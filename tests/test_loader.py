@@ -85,9 +85,9 @@ def test_missing_and_misshaped_tensors(tmp_path, gqa_ckpt):
 def test_unsupported_model_type(tmp_path, gqa_ckpt):
     d = _copy(gqa_ckpt, tmp_path / "c")
     cfg = json.loads((d / "config.json").read_text())
-    cfg["model_type"] = "Dream"
+    cfg["model_type"] = "qwen2"
     (d / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="unsupported model_type 'Dream'"):
+    with pytest.raises(ValueError, match="unsupported model_type 'qwen2'"):
         load_checkpoint(d)
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..decoding.graphs import CudaGraphCapture
-from ..models.llada import LLaDAModel
+from ..models.transformer import DLLMModel as LLaDAModel
 
 
 class ReferenceLoop:

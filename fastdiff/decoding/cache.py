@@ -10,6 +10,9 @@ written into their slots at every layer and attention reads the whole row [pad, 
 - dual: the refresh forward feeds [0, L); later steps feed only the block (its start read from
   device memory) and overwrite its slots, so they see the refresh-time prefix and suffix plus
   the block's fresh K/V.
+Shifted logits (Dream): block position j is predicted from the output at column bs + j - 1, so
+a cached step also feeds column bs - 1 (Feed.shifted): its query runs, its K/V are not written
+(the refresh-time entry stays, like the rest of the prefix).
 Phases: 0 = a block's first step (the refresh forward with a cache), 1 = its later steps."""
 from __future__ import annotations
 
@@ -27,6 +30,15 @@ class Feed(NamedTuple):
     lo: Optional[int]
     S: int
     write_from_block: bool = False
+
+    def shifted(self, shift: int) -> "Feed":
+        """The feed for shifted logits (shift 1): a span that starts at or after the block
+        also feeds the column before it (block position 0 is predicted from the output there),
+        without writing that column's K/V: it keeps the refresh-time entry, like the rest of
+        the prefix. A span from column 0 already holds it."""
+        if not shift or self.lo == 0:
+            return self
+        return Feed(None if self.lo is None else self.lo - shift, self.S + shift, True)
 
 
 class KVStore:

@@ -335,6 +335,7 @@ class GraphCache:
         store = req.store.data.data_ptr() if req.store is not None else None
         return (state.batch, state.prompt_len, state.gen_length, req.block_length,
                 req.strategy.name, req.scorer, type(pol).__name__, pol.steps_per_block,
+                getattr(pol, "alg_temp", None), req.shift,
                 req.stop_ids is not None, req.eos_id, req.cfg_scale, store)  # stop ids: engine
 
     def decode(self, state: DecodeState, req: Request) -> DecodeState:

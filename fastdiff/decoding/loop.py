@@ -33,6 +33,7 @@ class Request:
     cfg_scale: float = 0.0
     stop_ids: Optional[torch.Tensor] = None  # [n] EOS (+ EoT) when stop_at_eos, else None
     eos_id: int = 0
+    shift: int = 0  # 1: shifted logits (block position j scored from the output at j - 1)
 
 
 def _hidden(model, state: DecodeState, req: Request, feed: Feed, prep) -> torch.Tensor:
@@ -40,7 +41,8 @@ def _hidden(model, state: DecodeState, req: Request, feed: Feed, prep) -> torch.
     Classifier-free guidance (no cache only): one batched forward over [x ; x with the prompt
     masked], combined as u + (s + 1)(c - u) on final hidden states, which equals guidance on
     logits (linear head)."""
-    rows = None if feed.S == req.block_length else prep.rows  # S == Lb: rows are 0..Lb-1
+    # S == Lb (and no shift): rows are 0..Lb-1
+    rows = None if feed.S == req.block_length and not req.shift else prep.rows
     if req.cfg_scale <= 0:
         store = req.store.data if req.strategy.needs_store else None
         return model.forward(prep.ids, prep.pos, state.kv_start, state.kv_end, slot=prep.slot,
@@ -60,15 +62,16 @@ def step(model, ops, state: DecodeState, req: Request, phase: int, block: Index,
     REFRESH or CACHED picks the fed span. Device work only: no host reads of tensor values."""
     Lb, L, P = req.block_length, state.x.shape[1], state.prompt_len
     start = P + block * Lb if isinstance(block, int) else None
-    feed = req.strategy.feed(phase, P, L, Lb, start)
+    feed = req.strategy.feed(phase, P, L, Lb, start).shifted(req.shift)
     prep = ops.step_prepare(state.x, state.positions, state.active, state.cancel, state.m0,
                             block=block, i=i, prompt_len=P, block_length=Lb, lo=feed.lo,
                             S=feed.S, write_from_block=feed.write_from_block,
-                            steps=req.policy.steps_per_block or 0, mask_id=state.mask_id)
+                            steps=req.policy.prepare_steps, mask_id=state.mask_id,
+                            shift=req.shift, ratios=req.policy.prepare_ratios)
     hidden = _hidden(model, state, req, feed, prep)  # [B, Lb, d]
     x0, conf = req.scorer(ops, hidden, prep.row_map, model.lm_head[: model.config.vocab_size],
                           state, prep.pos_base)
-    req.policy.commit(ops, state, x0, conf, prep)
+    req.policy.commit(ops, state, x0, conf, prep, i)
     if req.stop_ids is not None:
         ops.freeze_finished(state.x, state.active, P, req.stop_ids, req.eos_id, state.mask_id)
 

@@ -1,4 +1,5 @@
-"""Load a local LLaDA checkpoint folder (HF layout, dllm-spec.md section 2). Local files only."""
+"""Load a local dLLM checkpoint folder (HF layout of its family: dllm-spec.md sections 2, 5).
+Local files only."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ from tqdm.auto import tqdm
 
 from ..config import ModelConfig
 from ..ops import TorchOps
-from .llada import LLaDAModel, weight_shapes
-from .tokenizer import Tokenizer
+from .layouts import weight_shapes
+from .tokenizer import EOT_TOKENS, Tokenizer
+from .transformer import DLLMModel
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -22,7 +24,7 @@ SINGLE = "model.safetensors"
 @dataclass
 class Checkpoint:
     config: ModelConfig
-    model: LLaDAModel
+    model: DLLMModel
     tokenizer: Optional[Tokenizer]
     path: Path
 
@@ -82,15 +84,15 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         raise FileNotFoundError(f"checkpoint folder {path} does not exist (fastdiff reads local "
                                 "folders only; download the model first)")
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} has no config.json; is it a LLaDA checkpoint folder?")
+        raise FileNotFoundError(f"{path} has no config.json; is it a model checkpoint folder?")
     config = ModelConfig.from_json(path / "config.json")
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype={dtype} is not supported; use torch.float32, float16 or bfloat16")
     weights = load_weights(path, config, device=device, dtype=dtype)
-    tokenizer = Tokenizer.from_dir(path)
+    tokenizer = Tokenizer.from_dir(path, eot_token=EOT_TOKENS[config.family])
     if tokenizer is not None:
         for name, tid in (("mask_token_id", config.mask_token_id),
                           ("eos_token_id", config.eos_token_id)):
             if tokenizer.token_to_id(tokenizer._tok.id_to_token(tid) or "") != tid:
                 raise ValueError(f"config.json's {name}={tid} is not a token of tokenizer.json")
-    return Checkpoint(config, LLaDAModel(config, weights, ops or TorchOps()), tokenizer, path)
+    return Checkpoint(config, DLLMModel(config, weights, ops or TorchOps()), tokenizer, path)

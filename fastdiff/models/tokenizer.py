@@ -10,6 +10,8 @@ import jinja2.sandbox
 from tokenizers import Tokenizer as HFTokenizer
 
 EOT_TOKEN = "<|eot_id|>"
+# the chat turn's end token of each family (an extra stop id next to EOS)
+EOT_TOKENS = {"llada": "<|eot_id|>", "dream": "<|im_end|>"}
 
 
 def _token_str(value) -> Optional[str]:
@@ -23,14 +25,14 @@ class Tokenizer:
     """Encode/decode and chat rendering, with the special ids the decoding loop needs."""
 
     def __init__(self, tok: HFTokenizer, chat_template: Optional[str] = None,
-                 bos_token: Optional[str] = None) -> None:
+                 bos_token: Optional[str] = None, eot_token: str = EOT_TOKEN) -> None:
         self._tok = tok
         self.chat_template = chat_template
         self.bos_token = bos_token
-        self.eot_token_id = tok.token_to_id(EOT_TOKEN)
+        self.eot_token_id = tok.token_to_id(eot_token)
 
     @classmethod
-    def from_dir(cls, path: str | Path) -> Optional["Tokenizer"]:
+    def from_dir(cls, path: str | Path, eot_token: str = EOT_TOKEN) -> Optional["Tokenizer"]:
         """The tokenizer of a checkpoint folder, or None when it has no tokenizer.json."""
         path = Path(path)
         if not (path / "tokenizer.json").is_file():
@@ -40,7 +42,7 @@ class Tokenizer:
         if (path / "tokenizer_config.json").is_file():
             with open(path / "tokenizer_config.json", encoding="utf-8") as f:
                 cfg = json.load(f)
-        return cls(tok, cfg.get("chat_template"), _token_str(cfg.get("bos_token")))
+        return cls(tok, cfg.get("chat_template"), _token_str(cfg.get("bos_token")), eot_token)
 
     def token_to_id(self, token: str) -> Optional[int]:
         return self._tok.token_to_id(token)

@@ -18,10 +18,19 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from ..config import ModelConfig
 from ..ops.reference import philox4x32
-from .llada import PREFIX, weight_shapes
+from .layouts import layout
 
 SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>",
             "<|end_header_id|>", "<|mdm_mask|>")
+# Dream (Qwen2 tokenizer): <|endoftext|> is EOS / pad, <|im_end|> ends a chat turn
+DREAM_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|mask|>")
+DREAM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first %}{{ bos_token }}{% endif %}"
@@ -58,30 +67,35 @@ def philox_normal(seed: int, stream: int, n: int, device, chunk: int = 0) -> tor
 def random_weights(config: ModelConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32,
                    device: str | torch.device = "cpu",
                    eos_rate: float = 0.03) -> dict[str, torch.Tensor]:
-    """Official LLaDA names -> peaked random tensors, drawn on `device` (tensor by tensor, in
-    fp32 then cast to dtype). Same seed, same weights on any device. eos_rate: the share of a
-    fully masked probe's positions where EOS is the argmax (tests raise it to exercise EOS)."""
+    """The family's published names -> peaked random tensors, drawn on `device` (tensor by
+    tensor, in fp32 then cast to dtype). Same seed, same weights on any device. eos_rate: the
+    share of a fully masked probe's positions where EOS is the argmax (tests raise it to
+    exercise EOS). With a tied LM head the embedding doubles as the head and EOS is not
+    calibrated."""
     head_std = 6.0
     d, m = config.d_model, config.mlp_hidden_size
     scale = {"q_proj": 1.6 / math.sqrt(d), "k_proj": 1.6 / math.sqrt(d),
              "v_proj": 1.0 / math.sqrt(d), "attn_out": 1.5 / math.sqrt(d),
              "ff_proj": 1.0 / math.sqrt(d), "up_proj": 1.0 / math.sqrt(d),
-             "ff_out": 0.5 / math.sqrt(m)}
+             "ff_out": 0.5 / math.sqrt(m), "q_bias": 0.1, "k_bias": 0.1, "v_bias": 0.1}
+    lay = layout(config)
+    shapes = lay.weight_shapes(config)
     out = {}
-    for stream, (name, shape) in enumerate(weight_shapes(config).items()):
-        short = name.rsplit(".", 2)[-2]
-        if short in ("attn_norm", "ff_norm", "ln_f"):
+    for stream, (name, role) in enumerate(lay.roles(config).items()):
+        shape = shapes[name]
+        if role in ("attn_norm", "ff_norm", "final_norm"):
             out[name] = torch.ones(shape, dtype=dtype, device=device)
             continue
         t = philox_normal(seed, stream, math.prod(shape), device).view(shape)
-        if name == PREFIX + "ff_out.weight":  # LM head, logit std head_std
+        if role == "head":  # LM head, logit std head_std
             t *= head_std / math.sqrt(d)
             t[config.mask_token_id] = 0.0  # MASK is never predicted
-        elif name != PREFIX + "wte.weight":
-            t *= scale[short]
+        elif role != "embed":
+            t *= scale[role]
         out[name] = t.to(dtype)
         del t
-    _set_eos_row(config, out, seed, eos_rate)
+    if not config.tie_word_embeddings:
+        _set_eos_row(config, out, seed, eos_rate)
     return out
 
 
@@ -92,11 +106,12 @@ def _set_eos_row(config: ModelConfig, weights: dict[str, torch.Tensor], seed: in
     weights' dtype for models over 1e9 parameters) so EOS is the argmax at ~`target` of the
     masked positions of a fixed probe batch."""
     from ..ops.torch_backend import TorchOps
-    from .llada import LLaDAModel
-    head, wte = weights[PREFIX + "ff_out.weight"], weights[PREFIX + "wte.weight"]
+    from .transformer import DLLMModel
+    lay = layout(config)
+    head, wte = weights[lay.head], weights[lay.embed]
     direction = wte[config.mask_token_id].float() / config.d_model
     small = sum(w.numel() for w in weights.values()) < 1e9
-    model = LLaDAModel(config, {k: v.float() for k, v in weights.items()} if small else weights,
+    model = DLLMModel(config, {k: v.float() for k, v in weights.items()} if small else weights,
                        TorchOps())
     B, P, G = 4, 16, 48
     ids = (philox_normal(seed, 1 << 20, B * P, wte.device).abs() * 1e4).long() % config.vocab_size
@@ -132,16 +147,19 @@ def build_tokenizer(config: ModelConfig, seed: int = 0) -> HFTokenizer:
     V = config.vocab_size
     if V < 256 + 16:
         raise ValueError(f"vocab_size={V} is too small for a byte-level tokenizer (>= 272)")
+    dream = config.family == "dream"
+    specials = DREAM_SPECIALS if dream else SPECIALS
     base = HFTokenizer(models.BPE())
     base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=V - len(SPECIALS), show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=V - len(specials), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     base.train_from_iterator(_corpus(seed=seed), trainer=trainer)
     spec = json.loads(base.to_str())
     trained = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
-    special_ids = {"<|mdm_mask|>": config.mask_token_id, "<|endoftext|>": config.eos_token_id}
+    special_ids = {"<|mask|>" if dream else "<|mdm_mask|>": config.mask_token_id,
+                   "<|endoftext|>": config.eos_token_id}
     free_top = [i for i in range(V - 1, -1, -1) if i not in special_ids.values()]
-    for tok in SPECIALS:
+    for tok in specials:
         if tok not in special_ids:
             special_ids[tok] = free_top.pop(0)
     taken = set(special_ids.values())
@@ -154,6 +172,10 @@ def build_tokenizer(config: ModelConfig, seed: int = 0) -> HFTokenizer:
     spec["added_tokens"] = [dict(id=i, content=t, single_word=False, lstrip=False, rstrip=False,
                                  normalized=False, special=True)
                             for t, i in sorted(special_ids.items(), key=lambda kv: kv[1])]
+    if dream:  # Qwen2 adds no BOS
+        tok = HFTokenizer.from_str(json.dumps(spec))
+        tok.decoder = decoders.ByteLevel()
+        return tok
     bos = special_ids["<|startoftext|>"]
     spec["post_processor"] = {"type": "TemplateProcessing",
                               "single": [{"SpecialToken": {"id": "<|startoftext|>", "type_id": 0}},
@@ -198,8 +220,13 @@ def save_random_checkpoint(path: str | Path, config: ModelConfig, *, seed: int =
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     if tokenizer:
         build_tokenizer(config, seed=seed).save(str(path / "tokenizer.json"))
+        if config.family == "dream":
+            tcfg = {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                    "mask_token": "<|mask|>", "chat_template": DREAM_CHAT_TEMPLATE}
+        else:
+            tcfg = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+                    "chat_template": CHAT_TEMPLATE}
         with open(path / "tokenizer_config.json", "w", encoding="utf-8") as f:
-            json.dump({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-                       "chat_template": CHAT_TEMPLATE}, f, indent=2)
+            json.dump(tcfg, f, indent=2)
     return path
 

@@ -212,6 +212,37 @@ def lm_head_confidence(hidden: torch.Tensor, row_map: torch.Tensor, weight: torc
     return x0, conf.float()
 
 
+def filter_logits(z: torch.Tensor, top_p: Optional[float], top_k: Optional[int]) -> torch.Tensor:
+    """Dream's filters on (tempered) logits z [..., V], in its order (dllm-spec.md section 5):
+    top_p (sorted descending, drop tokens whose cumulative probability before them already
+    exceeds top_p: the first token past the boundary and the top-1 always stay), then top_k
+    (drop tokens below the k-th largest). Dropped logits become the dtype's minimum (not
+    -inf), as Dream does. top_p None or 1 / top_k None: that filter is off."""
+    fill = torch.finfo(z.dtype).min
+    if top_p is not None and top_p < 1:
+        srt, idx = torch.sort(z, dim=-1, descending=True)
+        cum = srt.softmax(-1).cumsum(-1)
+        drop = cum > top_p
+        drop[..., 1:] = drop[..., :-1].clone()
+        drop[..., 0] = False
+        z = z.masked_fill(torch.zeros_like(drop).scatter_(-1, idx, drop), fill)
+    if top_k is not None:
+        k = min(top_k, z.shape[-1])
+        z = z.masked_fill(z < torch.topk(z, k, dim=-1).values[..., -1:], fill)
+    return z
+
+
+def gumbel_scores(conf: torch.Tensor, alg_temp: float, *, seed: torch.Tensor,
+                  step: torch.Tensor, pos_base: torch.Tensor) -> torch.Tensor:
+    """conf [B, Lb] fp32 (-inf: not a candidate) -> conf / alg_temp + Gumbel noise (Philox
+    stream 2, column 0, at generation position pos_base + j): the top n of these are n
+    positions drawn without replacement from softmax(conf / alg_temp) (Dream's alg_temp)."""
+    Lb = conf.shape[1]
+    pos = pos_base[:, None].long() + torch.arange(Lb, device=conf.device)[None]
+    g = gumbel(uniform(seed[:, None], step[:, None], pos, 0, stream=2))
+    return torch.where(torch.isfinite(conf), conf / alg_temp + g, conf)
+
+
 def _per_row(value, B: int) -> list:
     """A float or a [B] tensor -> B Python floats."""
     vals = value.reshape(-1).tolist() if isinstance(value, torch.Tensor) else [float(value)]
@@ -299,7 +330,8 @@ def freeze_finished(x: torch.Tensor, active: torch.Tensor, prompt_len: int,
 def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
                  cancel: Optional[torch.Tensor], m0: Optional[torch.Tensor], *, block: int,
                  i: int, prompt_len: int, block_length: int, lo: Optional[int], S: int,
-                 write_from_block: bool, steps: int, mask_id: int) -> dict:
+                 write_from_block: bool, steps: int, mask_id: int, shift: int = 0,
+                 ratios: Optional[torch.Tensor] = None) -> dict:
     """What one denoising step feeds, scores and may commit (returns new tensors; inputs are
     not changed). The block starts at bs = prompt_len + block * block_length; the fed columns
     are [lo, lo + S) (lo None: bs). Per row b:
@@ -308,11 +340,13 @@ def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
     position j: rows[j] = bs + j - lo (its fed index), row_map[j] = j if x[b, bs + j] is MASK
     and the row is active, else -1; block_start = bs, pos_base = bs - prompt_len; with steps
     > 0: m0 = the block's MASK count at i == 0 (else unchanged) and LLaDA's schedule
-    k = m0 // steps + (1 if m0 % steps > i else 0)."""
+    k = m0 // steps + (1 if m0 % steps > i else 0). shift (0 | 1, shifted logits): lo None is
+    bs - shift and rows[j] = bs + j - shift - lo. ratios [n] fp32 (Dream's quota; steps == 0):
+    k = trunc(float32(block MASK count) * ratios[i])."""
     B = x.shape[0]
     Lb = block_length
     bs = prompt_len + block * Lb
-    lo = bs if lo is None else lo
+    lo = bs - shift if lo is None else lo
     out = {name: [] for name in ("ids", "pos", "slot", "rows", "row_map", "active", "m0", "k")}
     for b in range(B):
         act = bool(active[b]) and not (cancel is not None and bool(cancel[b]))
@@ -321,13 +355,16 @@ def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
         out["pos"].append([int(positions[b, c]) for c in cols])
         out["slot"].append([c if not write_from_block or c >= bs else -1 for c in cols])
         is_mask = [int(x[b, bs + j]) == mask_id for j in range(Lb)]
-        out["rows"].append([bs + j - lo for j in range(Lb)])
+        out["rows"].append([bs + j - shift - lo for j in range(Lb)])
         out["row_map"].append([j if is_mask[j] and act else -1 for j in range(Lb)])
         out["active"].append(act)
         if steps > 0:
             m = sum(is_mask) if i == 0 else int(m0[b])
             out["m0"].append(m)
             out["k"].append(m // steps + (1 if m % steps > i else 0))
+        elif ratios is not None:
+            prod = torch.tensor(float(sum(is_mask)), dtype=torch.float32) * ratios[i].float()
+            out["k"].append(int(prod))
     i64, i32 = torch.int64, torch.int32
     res = {"ids": torch.tensor(out["ids"], dtype=i64).view(B, S),
            "pos": torch.tensor(out["pos"], dtype=i64).view(B, S),
@@ -339,5 +376,6 @@ def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
            "active": torch.tensor(out["active"], dtype=torch.bool)}
     if steps > 0:
         res["m0"] = torch.tensor(out["m0"], dtype=i64)
+    if out["k"]:
         res["k"] = torch.tensor(out["k"], dtype=i64)
     return res

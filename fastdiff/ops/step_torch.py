@@ -16,7 +16,8 @@ class Prepared(NamedTuple):
     int32 [B, S]: their KV slot (-1: not written); rows int64 [B, Lb]: the fed-token index of
     each block position; row_map int32 [B, Lb]: j where block position j is scored (a live
     MASK of an active row), else -1; block_start int32 [B]; pos_base int64 [B] (block start
-    within the generation); k int64 [B]: the fixed schedule's tokens to commit (None without)."""
+    within the generation); k int64 [B]: the fixed rule's tokens to commit (LLaDA's schedule or
+    Dream's timestep quota; None without)."""
 
     ids: torch.Tensor
     pos: torch.Tensor
@@ -31,18 +32,21 @@ class Prepared(NamedTuple):
 def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
                  cancel: Optional[torch.Tensor], m0: Optional[torch.Tensor], *, block: Index,
                  i: Index, prompt_len: int, block_length: int, lo: Optional[int], S: int,
-                 write_from_block: bool, steps: int, mask_id: int) -> Prepared:
+                 write_from_block: bool, steps: int, mask_id: int, shift: int = 0,
+                 ratios: Optional[torch.Tensor] = None) -> Prepared:
     """x, positions [B, L] int64; active bool [B] (cleared in place for cancelled rows);
     cancel bool [B] or None; m0 int64 [B] (the block's MASK count at its first step, written
     when i == 0; needed when steps > 0). The block starts at bs = prompt_len + block * Lb; the
-    fed span is columns [lo, lo + S) (lo None: bs); with write_from_block only columns >= bs
-    write their K/V (prefix cache at worst-case shapes)."""
+    fed span is columns [lo, lo + S) (lo None: bs - shift); with write_from_block only columns
+    >= bs write their K/V (prefix cache at worst-case shapes). shift 1 (shifted logits): block
+    position j is scored from the output at column bs + j - 1. ratios fp32 [steps'] (Dream's
+    quota, exclusive with steps > 0): k = int(block MASK count * ratios[i])."""
     dev = x.device
     Lb = block_length
     if cancel is not None:
         active &= ~cancel
     bs = prompt_len + block * Lb  # int or 0-d tensor
-    lo_t = bs if lo is None else lo
+    lo_t = bs - shift if lo is None else lo
     j = torch.arange(Lb, device=dev)
     cols = lo_t + torch.arange(S, device=dev)  # [S]
     ids, pos = x.index_select(1, cols), positions.index_select(1, cols)
@@ -53,7 +57,7 @@ def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
     is_mask = blk == mask_id
     live = is_mask & active[:, None]
     row_map = torch.where(live, j.to(torch.int32), -1)
-    rows = (bs + j - lo_t).expand_as(blk)
+    rows = (bs + j - shift - lo_t).expand_as(blk)
     B = x.shape[0]
     block_start = torch.full((B,), 0, dtype=torch.int32, device=dev) + bs
     k = None
@@ -63,6 +67,9 @@ def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
         elif i == 0:
             m0.copy_(is_mask.sum(1))
         k = m0 // steps + (m0 % steps > i).to(m0.dtype)
+    elif ratios is not None:
+        r = ratios[i] if isinstance(i, int) else ratios.index_select(0, i.reshape(1).long())
+        k = (is_mask.sum(1).float() * r).to(torch.int64)
     return Prepared(ids, pos, slot, rows, row_map, block_start,
                     (block_start - prompt_len).to(torch.int64), k)
 

@@ -159,6 +159,59 @@ class TorchOps:
         return x0, torch.where(row_map >= 0, conf, float("-inf"))
 
     @staticmethod
+    def lm_head_confidence_filtered(hidden: torch.Tensor, row_map: torch.Tensor,
+                                    weight: torch.Tensor, *, mode: str, temperature: float,
+                                    top_p: Optional[float], top_k: Optional[int],
+                                    seed: torch.Tensor, step: torch.Tensor,
+                                    pos_base: torch.Tensor, eos_id: int, eot_id: Optional[int],
+                                    suppress_eos: bool, eos_eot_conf: bool):
+        """lm_head_confidence with Dream's top-p / top-k filters (unfused: the block rows'
+        logits [B, Lb, V] are materialized in fp32). z = logits / T (T > 0), filtered
+        (reference.filter_logits), p = softmax(z); x0 = argmax(z) at T = 0, else the
+        Gumbel-max sample argmax(z + G) (stream 0, as unfiltered); conf by mode from p:
+        maskgit_plus p[x0], maxprob, margin top1 - top2, neg_entropy sum p log p; random U."""
+        if mode == "low_confidence":
+            raise ValueError("top_p / top_k filter the Dream scores; low_confidence (LLaDA's "
+                             "untempered probability) has no filtered form")
+        B, Lb = row_map.shape
+        dev = hidden.device
+        rows = hidden if hidden.shape[1] == Lb else hidden.gather(
+            1, row_map.long().clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+        logits = (rows @ weight.T).float()  # [B, Lb, V]
+        if suppress_eos:
+            logits[..., eos_id] = float("-inf")
+        z = ref.filter_logits(logits / temperature if temperature > 0 else logits, top_p, top_k)
+        pos = pos_base[:, None].long() + torch.arange(Lb, device=dev)[None]  # [B, Lb]
+        if temperature == 0:
+            x0 = z.argmax(-1)
+        else:
+            u = ref.uniform(seed[:, None, None], step[:, None, None], pos[..., None],
+                            torch.arange(z.shape[-1], device=dev)[None, None], stream=0)
+            x0 = (z + ref.gumbel(u)).argmax(-1)
+        if mode == "random":
+            conf = ref.uniform(seed[:, None], step[:, None], pos, 0, stream=1)
+        else:
+            conf = _tempered_conf(z, x0, mode, 0.0)  # z is already tempered
+        return TorchOps._finish_conf(conf, x0, row_map, eos_id, eot_id, eos_eot_conf)
+
+    @staticmethod
+    def gumbel_scores(conf: torch.Tensor, alg_temp: float, *, seed: torch.Tensor,
+                      step: torch.Tensor, pos_base: torch.Tensor) -> torch.Tensor:
+        """conf / alg_temp + Gumbel noise where finite (reference.gumbel_scores)."""
+        return ref.gumbel_scores(conf, alg_temp, seed=seed, step=step, pos_base=pos_base)
+
+    @staticmethod
+    def select_below_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
+                            block_start: torch.Tensor, p: torch.Tensor,
+                            step: Optional[torch.Tensor] = None,
+                            nfe: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Dream's origin rule: commit every finite conf (a uniform draw) < p (0-d fp32); x in
+        place; step / nfe +1 for the rows that took part. Returns the commit mask [B, Lb]."""
+        step_torch.count_step(conf, step, nfe)
+        commit = torch.isfinite(conf) & (conf < p)
+        return _commit(x, x0, commit, block_start)
+
+    @staticmethod
     def select_topk_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
                            block_start: torch.Tensor, k: torch.Tensor,
                            k_max: Optional[int] = None, step: Optional[torch.Tensor] = None,

@@ -1,0 +1,185 @@
+"""The one dLLM transformer every family runs on fastdiff.ops (dllm-spec.md sections 2, 5):
+pre-norm RMSNorm blocks, RoPE, GQA attention (bidirectional), SiLU-gated MLP; q/k/v biases
+where the family has them (they ride in the QKV GEMM). A family's layout module
+(models/llada.py, models/dream.py) maps its published tensor names onto `Layer`s; nothing
+below branches on the family name.
+
+Q/K/V and gate/up weights are concatenated once at load ([q | k | v] and [gate | up] rows), so a
+layer runs 4 GEMMs; the per-projection names stay available as views of them."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..ops import reference as ref
+
+# a layer's parts by role; every layout maps its published names onto these
+LAYER_ROLES = ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj",
+               "up_proj", "ff_out")
+BIAS_ROLES = ("q_bias", "k_bias", "v_bias")
+
+@dataclass
+class Layer:
+    """One block's weights by role: qkv [(H + 2 Hkv) hd, d] (+ qkv_bias [(H + 2 Hkv) hd] when
+    the family has q/k/v biases), gate_up [2 m, d]; the rest as published."""
+
+    attn_norm: torch.Tensor
+    qkv: torch.Tensor
+    attn_out: torch.Tensor
+    ff_norm: torch.Tensor
+    gate_up: torch.Tensor
+    ff_out: torch.Tensor
+    q_dim: int
+    kv_dim: int
+    qkv_bias: Optional[torch.Tensor] = None
+
+    @classmethod
+    def from_weights(cls, w: dict[str, torch.Tensor]) -> "Layer":
+        """w: role -> tensor (LAYER_ROLES, plus BIAS_ROLES when present)."""
+        bias = None
+        if "q_bias" in w:
+            bias = torch.cat([w["q_bias"], w["k_bias"], w["v_bias"]])
+        return cls(attn_norm=w["attn_norm"],
+                   qkv=torch.cat([w["q_proj"], w["k_proj"], w["v_proj"]]),
+                   attn_out=w["attn_out"], ff_norm=w["ff_norm"],
+                   gate_up=torch.cat([w["ff_proj"], w["up_proj"]]), ff_out=w["ff_out"],
+                   q_dim=w["q_proj"].shape[0], kv_dim=w["k_proj"].shape[0], qkv_bias=bias)
+
+    def project_qkv(self, n: torch.Tensor) -> torch.Tensor:
+        """n [..., d] -> [q | k | v] [..., (H + 2 Hkv) hd]: one GEMM (the bias in its epilogue)."""
+        if self.qkv_bias is None:
+            return n @ self.qkv.T
+        return F.linear(n, self.qkv, self.qkv_bias)
+
+    # the published projections, as views of the concatenated weights
+    @property
+    def q_proj(self) -> torch.Tensor:
+        return self.qkv[: self.q_dim]
+
+    @property
+    def k_proj(self) -> torch.Tensor:
+        return self.qkv[self.q_dim: self.q_dim + self.kv_dim]
+
+    @property
+    def v_proj(self) -> torch.Tensor:
+        return self.qkv[self.q_dim + self.kv_dim:]
+
+    @property
+    def ff_proj(self) -> torch.Tensor:
+        return self.gate_up[: self.gate_up.shape[0] // 2]
+
+    @property
+    def up_proj(self) -> torch.Tensor:
+        return self.gate_up[self.gate_up.shape[0] // 2:]
+
+    def tensors(self) -> list[torch.Tensor]:
+        out = [self.attn_norm, self.qkv, self.attn_out, self.ff_norm, self.gate_up, self.ff_out]
+        return out + ([self.qkv_bias] if self.qkv_bias is not None else [])
+
+
+class DLLMModel:
+    """Weights as plain tensors; every op goes through the backend object `ops`.
+    weights: the family's published names (models.layout(config).weight_shapes)."""
+
+    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], ops) -> None:
+        from .layouts import layout
+        if config.qk_norm:
+            raise ValueError("config has qk_norm=True: QK-norm models are not supported yet")
+        self.config = config
+        self.ops = ops
+        lay = layout(config)
+        self.wte = weights[lay.embed]
+        self.ln_f = weights[lay.final_norm]
+        self.lm_head = self.wte if config.tie_word_embeddings else weights[lay.head]
+        self.layers = [Layer.from_weights({role: weights[name]
+                                           for role, name in lay.layer_names(i).items()})
+                       for i in range(config.n_layers)]
+        self._rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+
+    def with_ops(self, ops) -> "DLLMModel":
+        """The same weights (shared, not copied) on another ops backend."""
+        model = copy.copy(self)
+        model.ops = ops
+        return model
+
+    @property
+    def device(self) -> torch.device:
+        return self.wte.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.wte.dtype
+
+    def rope_table(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin fp32 [max_sequence_length, head_dim / 2]: computed once per model (the same
+        values as reference.rope_cos_sin at each position), read by the RoPE op by position."""
+        if self._rope is None:
+            cfg = self.config
+            pos = torch.arange(cfg.max_sequence_length, device=self.device)[None]
+            cos, sin = ref.rope_cos_sin(pos, cfg.head_dim, cfg.rope_theta)
+            half = cfg.head_dim // 2
+            self._rope = (cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous())
+        return self._rope
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_start: torch.Tensor,
+                kv_end: torch.Tensor, *, slot: Optional[torch.Tensor] = None,
+                store: Optional[torch.Tensor] = None, length: Optional[int] = None,
+                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """input_ids, positions [B, S] int64; row b attends keys [kv_start_b, kv_end_b)
+        -> hidden states after ln_f [B, S, d] (or [B, R, d] with rows) in the model dtype.
+
+        K/V of the fed tokens (keys after RoPE) go to slot [B, S] int32 (-1: not written) of
+        `store` [layers, 2, B', Hkv, T, hd] and attention reads slots [0, length); without a
+        store they go to a per-layer scratch at slots 0..S-1 (slot=None: those slots).
+        rows [B, R] int64 (fed-token indices): only their final hidden states are wanted, so the
+        last layer's attention queries, projections and MLP run on those rows alone."""
+        cfg, ops = self.config, self.ops
+        B, S = input_ids.shape
+        H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        if slot is None:
+            slot = torch.arange(S, dtype=torch.int32, device=input_ids.device).expand(B, S)
+        if store is None:
+            length = S
+        cos, sin = self.rope_table()
+        x, delta = self.wte[input_ids], None  # [B, S, d]
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x, n = ops.add_rms_norm(x, delta, layer.attn_norm, cfg.rms_norm_eps)
+            if store is None:
+                kv = torch.empty(2, B, Hkv, S, hd, dtype=x.dtype, device=x.device)
+            else:
+                kv = store[i, :, :B]
+            q = ops.rope_kv(layer.project_qkv(n), positions, slot, cos, sin, kv[0], kv[1],
+                            n_heads=H, n_kv_heads=Hkv, head_dim=hd)  # [B, S, H, hd]
+            if rows is not None and i == last:
+                q = q.gather(1, rows[:, :, None, None].expand(-1, -1, H, hd))
+                x = x.gather(1, rows[:, :, None].expand(-1, -1, x.shape[-1]))
+            k = kv[0, :, :, :length].transpose(1, 2)  # [B, length, Hkv, hd], strided
+            v = kv[1, :, :, :length].transpose(1, 2)
+            a = ops.attention(q, k, v, kv_start, kv_end)
+            h = a.reshape(B, q.shape[1], H * hd) @ layer.attn_out.T
+            x, m = ops.add_rms_norm(x, h, layer.ff_norm, cfg.rms_norm_eps)
+            delta = ops.silu_mul_packed(m @ layer.gate_up.T) @ layer.ff_out.T
+        return ops.add_rms_norm(x, delta, self.ln_f, cfg.rms_norm_eps)[1]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., d] -> logits [..., vocab_size] (embedding padding rows dropped)."""
+        return (hidden @ self.lm_head.T)[..., : self.config.vocab_size]
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Unpadded convenience: input_ids [B, S] -> logits [B, S, V] (the output at each
+        position, unshifted: with shift_logits the prediction for i is row i - 1)."""
+        B, S = input_ids.shape
+        dev = input_ids.device
+        pos = torch.arange(S, device=dev).expand(B, S)
+        start = torch.zeros(B, dtype=torch.int32, device=dev)
+        return self.logits(self.forward(input_ids, pos, start, start + S))
+
+
+LLaDAModel = DLLMModel  # the name earlier releases exported
