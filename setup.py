@@ -82,7 +82,8 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=["fastdiff", "fastdiff.ops", "fastdiff.models", "fastdiff.decoding",
-              "fastdiff.bench", "fastdiff.assets", "fastdiff.kernels"],
+              "fastdiff.bench", "fastdiff.assets", "fastdiff.kernels", "fastdiff.serving",
+              "fastdiff.server"],
     package_dir={"fastdiff.kernels": "kernels"},
     package_data={"fastdiff.assets": ["demo/*", "*.md"]},
     # torch: the oldest version the test suite has run on (2.13, CPU). The GPU image's 2.11 installs
@@ -93,8 +94,14 @@ setup(
         # nvidia-cuda-runtime-cu12: CUDA 12.x runtime headers; CI compiles csrc/ against them
         "dev": ["pytest>=8", "pytest-xdist>=3.5", "pytest-benchmark>=4", "triton>=3.6",
                 "transformers>=4.45",
-                "matplotlib>=3.7", "pybind11>=2.12", "nvidia-cuda-runtime-cu12>=12.4"],
-        "bench": ["matplotlib>=3.7", "pytest-benchmark>=4"],
+                "matplotlib>=3.7", "pybind11>=2.12", "nvidia-cuda-runtime-cu12>=12.4",
+                # the server extra and the client its tests drive
+                "fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20", "httpx>=0.27",
+                "openai>=1.30"],
+        "bench": ["matplotlib>=3.7", "pytest-benchmark>=4",
+                  "httpx>=0.27"],  # `fastdiff bench-serve` over HTTP (--in-process needs none)
+        # `fastdiff serve`: the OpenAI-compatible HTTP server
+        "server": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20", "httpx>=0.27"],
     },
     entry_points={"console_scripts": ["fastdiff=fastdiff.cli:main"]},
     ext_modules=[Extension("fastdiff._C", sources=[], optional=True)] if _CUDA else [],

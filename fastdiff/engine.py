@@ -59,6 +59,10 @@ class Run:
             raise IndexError(f"row {row} is outside the batch of {self.state.batch}")
         self.state.cancel[row] = True
 
+    def nfe(self) -> list[int]:
+        """Forwards each row took part in so far (a host read)."""
+        return self.state.nfe.tolist()
+
     def done(self) -> list[bool]:
         """Per row: frozen (early stop or cancel) or nothing left to commit (a host read)."""
         st = self.state
@@ -290,7 +294,10 @@ class Engine:
         """Decode token-id prompts as one batch. seeds: one per row (None entries: config.seed,
         else random); every row's result equals its run alone with the same seed and settings.
         on_step(run, block, step): called from this thread after every block ("block") or
-        every step ("step"), where the callback may read run.tokens() and run.cancel(row)."""
+        every step ("step"), where the callback may read run.tokens() and run.cancel(row);
+        with a callback the loop runs eagerly (same tokens as the captured graphs) and ends
+        early once every row is frozen. encode() and resolve_config() only read the config and
+        the tokenizer: other threads may call them while this runs."""
         gen = self.resolve_config(config)
         if stream_interval not in ("block", "step"):
             raise ValueError(f"stream_interval={stream_interval!r} is invalid; allowed: 'block', "

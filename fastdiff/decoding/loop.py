@@ -99,7 +99,7 @@ def denoise(model, ops, state: DecodeState, req: Request, *, check_every: int = 
             step(model, ops, state, req, REFRESH if i == 0 else CACHED, b, i)
             if on_step is not None:
                 on_step(state, b, i)
-        if (fixed is None or req.stop_ids is not None) and \
+        if (fixed is None or req.stop_ids is not None or on_step is not None) and \
                 not bool((state.active & ~state.cancel).any()):
-            break
+            break  # every row frozen (early stop, or cancelled by a step callback)
     return state
