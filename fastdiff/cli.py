@@ -1,4 +1,4 @@
-"""Command line: `fastdiff generate | demo | bench | write-random`."""
+"""Command line: `fastdiff generate | demo | serve | bench | bench-serve | write-random`."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +8,17 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .config import ALGS
+from .live import PLACEHOLDER
+
 DEMO_PROMPT = "def fibonacci(n):"
 DEMO_THRESHOLD = 0.9  # `fastdiff demo` decodes in parallel (confidence threshold, dual cache)
+DEMO_BLOCK = 32
+# GenerationConfig field -> the flag that sets it
+GEN_FLAGS = {name: "--" + name.replace("_", "-") for name in (
+    "gen_length", "steps", "block_length", "temperature", "cfg_scale", "remasking", "alg",
+    "alg_temp", "top_p", "top_k", "logits_eos_inf", "confidence_eos_eot_inf", "seed", "cache",
+    "threshold", "factor", "stop_at_eos")}
 
 
 def _bundled_model() -> Optional[Path]:
@@ -21,44 +30,97 @@ def _bundled_model() -> Optional[Path]:
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
+    """Generation settings default to None = not given: only the flags given reach
+    GenerationConfig, and the model family fills in the rest (engine.resolve_config)."""
     p.add_argument("--prompt", default=DEMO_PROMPT, help="prompt text (default: %(default)r)")
     p.add_argument("--chat", action="store_true", help="apply the checkpoint's chat template")
-    p.add_argument("--gen-length", type=int, default=64)
+    p.add_argument("--gen-length", type=int, default=64, help="default: %(default)s")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: gen-length)")
-    p.add_argument("--block-length", type=int, default=32)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--cfg-scale", type=float, default=0.0)
-    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    p.add_argument("--logits-eos-inf", action="store_true")
-    p.add_argument("--confidence-eos-eot-inf", action="store_true")
+    p.add_argument("--block-length", type=int, default=None,
+                   help="default: the model family's (LLaDA 128 when it divides gen-length, "
+                        "else gen-length; Dream gen-length)")
+    p.add_argument("--temperature", type=float, default=None, help="default 0 (greedy)")
+    p.add_argument("--cfg-scale", type=float, default=None, help="LLaDA: guidance (default 0)")
+    p.add_argument("--remasking", default=None, choices=["low_confidence", "random"],
+                   help="LLaDA's score (default low_confidence)")
+    p.add_argument("--alg", default=None, choices=list(ALGS),
+                   help="Dream's score (default entropy); LLaDA takes all but origin")
+    p.add_argument("--alg-temp", type=float, default=None, help="Dream (default 0)")
+    p.add_argument("--top-p", type=float, default=None, help="Dream")
+    p.add_argument("--top-k", type=int, default=None, help="Dream")
+    p.add_argument("--logits-eos-inf", action="store_true", default=None)
+    p.add_argument("--confidence-eos-eot-inf", action="store_true", default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--cache", default="none", choices=["none", "prefix", "dual"])
+    p.add_argument("--cache", default=None, choices=["none", "prefix", "dual"],
+                   help="KV cache (default none)")
     p.add_argument("--threshold", type=float, default=None, help="parallel decoding (e.g. 0.9)")
     p.add_argument("--factor", type=float, default=None, help="factor rule (e.g. 1.0)")
-    p.add_argument("--stop-at-eos", action="store_true", help="per-row early stop")
+    p.add_argument("--stop-at-eos", action=argparse.BooleanOptionalAction, default=None,
+                   help="per-row early stop (default off)")
+    p.add_argument("--show-steps", action="store_true",
+                   help="draw the denoising live: masked positions as " + PLACEHOLDER +
+                        ", filled in as they are committed")
     p.add_argument("--graphs", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
 
 
+def _usage_error(args: argparse.Namespace, message: str) -> int:
+    """argparse's own error format and status (2), returned instead of raised."""
+    parser = args.parser
+    parser.print_usage(sys.stderr)
+    print(f"{parser.prog}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _generation_config(model: Path, args: argparse.Namespace):
+    """The GenerationConfig of the flags given (no others), resolved for the checkpoint's
+    family and validated by the same code as the Python API; a ValueError naming the flag."""
+    from . import GenerationConfig, ModelConfig
+    given = {name: getattr(args, name) for name in GEN_FLAGS if getattr(args, name) is not None}
+    try:
+        gen = GenerationConfig(**given)
+        cfg = model / "config.json"
+        return gen.resolve(ModelConfig.from_json(cfg).family) if cfg.is_file() else gen
+    except ValueError as e:
+        name = str(e).split("=", 1)[0]
+        raise ValueError(f"argument {GEN_FLAGS[name]}: {e}" if name in GEN_FLAGS else str(e))
+
+
+def _generate_live(engine, gen, args: argparse.Namespace):
+    """One generation drawn step by step (--show-steps) -> (Completion, seconds without the
+    drawing)."""
+    from .live import LiveView
+    ids = engine.encode(args.prompt, chat=args.chat)
+    prompt = args.prompt if not args.chat else ""
+    view = LiveView(engine, prompt)
+    t0 = time.perf_counter()
+    try:
+        out = engine.generate_ids([ids], gen, on_step=view, stream_interval="step")[0]
+    finally:
+        view.finish()
+    return out, time.perf_counter() - t0 - view.render_s
+
+
 def _run_generate(model: Path, args: argparse.Namespace, label: str = "") -> int:
-    from . import Engine, GenerationConfig
+    from . import Engine
+    try:
+        gen = _generation_config(model, args)
+    except ValueError as e:
+        return _usage_error(args, str(e))
     t0 = time.perf_counter()
     graphs = {"auto": "auto", "on": True, "off": False}[args.graphs]
     engine = Engine.from_pretrained(model, device=args.device, dtype=args.dtype,
                                     backend=args.backend, graphs=graphs)
     load_s = time.perf_counter() - t0
-    gen = GenerationConfig(gen_length=args.gen_length, steps=args.steps or args.gen_length,
-                           block_length=args.block_length, temperature=args.temperature,
-                           cfg_scale=args.cfg_scale, remasking=args.remasking,
-                           logits_eos_inf=args.logits_eos_inf,
-                           confidence_eos_eot_inf=args.confidence_eos_eot_inf, seed=args.seed,
-                           cache=args.cache, threshold=args.threshold, factor=args.factor,
-                           stop_at_eos=args.stop_at_eos)
-    t0 = time.perf_counter()
-    out = engine.generate(args.prompt, gen, chat=args.chat)[0]
-    secs = time.perf_counter() - t0
+    if args.show_steps:
+        out, secs = _generate_live(engine, gen, args)
+        label += ", eager loop with --show-steps, drawing time excluded"
+    else:
+        t0 = time.perf_counter()
+        out = engine.generate(args.prompt, gen, chat=args.chat)[0]
+        secs = time.perf_counter() - t0
     print(args.prompt + (out.text if out.text is not None else str(out.token_ids)))
     print(f"[fastdiff{label}] {len(out.full_ids)} tokens ({len(out.token_ids)} before EOS, "
           f"finish_reason={out.finish_reason}), NFE {out.nfe}, {secs:.2f} s, "
@@ -78,8 +140,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The bundled model, decoding in parallel by default: threshold 0.9 with the dual cache
-    unless --threshold, --factor or --steps (the fixed schedule) is given."""
+    """The bundled model, decoding in parallel by default: threshold 0.9 (unless --threshold,
+    --factor or --steps, the fixed schedule, is given), dual cache, blocks of 32."""
     if args.threshold is None and args.factor is None and args.steps is None:
         args.threshold = DEMO_THRESHOLD
     rule = (f"threshold {args.threshold}" if args.threshold is not None else
@@ -135,16 +197,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from .bench.serve_bench import run_cli
+    return run_cli(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server.main import run_server
+    return run_server(args)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastdiff", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate from a local checkpoint")
     g.add_argument("--model", default=None, help="checkpoint folder (default: bundled demo)")
     _add_generation_flags(g)
-    g.set_defaults(func=cmd_generate)
+    g.set_defaults(func=cmd_generate, parser=g)
     d = sub.add_parser("demo", help="generate with the bundled demo model on this machine")
     _add_generation_flags(d)
-    d.set_defaults(func=cmd_demo, cache="dual")
+    d.set_defaults(func=cmd_demo, parser=d, cache="dual", block_length=DEMO_BLOCK)
     w = sub.add_parser("write-random", help="write a random-weight checkpoint (tests, benches)")
     w.add_argument("path")
     w.add_argument("--preset", default="tiny", choices=["tiny", "small", "llada-8b"])
@@ -176,6 +248,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "shape-faithful narrow model; full widths take many minutes on a CPU)")
     b.add_argument("--json", default=None, help="--count-kernels: also write the report here")
     b.set_defaults(func=cmd_bench)
+    bs = sub.add_parser("bench-serve", help="serving benchmark: open-loop Poisson load against "
+                        "the server (HTTP) or the AsyncEngine (--in-process)")
+    from .bench.serve_bench import add_arguments as add_bench_serve_flags
+    add_bench_serve_flags(bs)
+    bs.set_defaults(func=cmd_bench_serve)
+    sv = sub.add_parser("serve", help="OpenAI-compatible HTTP server (needs the server extra)")
+    from .server.main import add_serve_flags
+    add_serve_flags(sv)
+    sv.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
