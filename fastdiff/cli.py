@@ -12,6 +12,7 @@ from .config import ALGS
 from .live import PLACEHOLDER
 
 DEMO_PROMPT = "def fibonacci(n):"
+PRESETS = ["tiny", "small", "llada-8b", "dream-tiny", "dream-7b"]  # ModelConfig.preset names
 DEMO_THRESHOLD = 0.9  # `fastdiff demo` decodes in parallel (confidence threshold, dual cache)
 DEMO_BLOCK = 32
 # GenerationConfig field -> the flag that sets it
@@ -219,12 +220,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     d.set_defaults(func=cmd_demo, parser=d, cache="dual", block_length=DEMO_BLOCK)
     w = sub.add_parser("write-random", help="write a random-weight checkpoint (tests, benches)")
     w.add_argument("path")
-    w.add_argument("--preset", default="tiny", choices=["tiny", "small", "llada-8b"])
+    w.add_argument("--preset", default="tiny", choices=PRESETS)
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--shards", type=int, default=2)
     w.set_defaults(func=cmd_write_random)
     b = sub.add_parser("bench", help="end-to-end benchmarks vs the reference loop and AR")
-    b.add_argument("--preset", default="tiny", choices=["tiny", "small", "llada-8b"])
+    b.add_argument("--preset", default="tiny", choices=PRESETS)
     b.add_argument("--device", default="auto")
     b.add_argument("--dtype", default="auto")
     b.add_argument("--out", default=None, help="output folder (default benches/results/)")

@@ -1,10 +1,12 @@
 """Non-causal flash attention forward with GQA, strided k/v and per-row key ranges.
 
-One program per (query block, batch x head[, KV split]). Each walks its keys [lo, hi) in BLOCK_N
-tiles with an online softmax (exp2, fp32 statistics). For short query blocks (Sq <= 64, the
-block-decoding step against a long cache) the keys are split across programs so a batch-1 step
-fills the GPU; each split writes an unnormalized partial (acc, max, sum) and
-_attention_combine_kernel merges them. Semantics: fastdiff.ops.reference.attention; a row whose
+GQA packing: the GROUP query heads that share a KV head are one program's rows (row r of KV
+head hk is query head hk * GROUP + r // Sq, position r % Sq), so each K/V tile is loaded once
+for all of them. One program per (row block, batch x KV head[, KV split]). Each walks its keys
+[lo, hi) in BLOCK_N tiles with an online softmax (exp2, fp32 statistics). For short query
+blocks (Sq <= 64, the block-decoding step against a long cache) the keys are split across
+programs so a batch-1 step fills the GPU; each split writes an unnormalized partial (acc, max,
+sum) and _attention_combine_kernel merges them. Semantics: fastdiff.ops.reference.attention; a row whose
 key range is empty gets zeros (the reference gives NaN)."""
 from __future__ import annotations
 
@@ -23,26 +25,27 @@ SPLIT_MAX_SQ = 64  # split-KV path for query blocks up to this length
 
 @triton.jit
 def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, start_ptr, end_ptr, po_ptr, pml_ptr,
-                      Sq, H, GROUP, qk_scale, chunk,
+                      Sq, Hkv, GROUP, qk_scale, chunk,
                       sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
+    pid_bh = tl.program_id(1)  # batch x KV head
+    b = pid_bh // Hkv
+    hk = pid_bh % Hkv
     lo = tl.load(start_ptr + b)
     hi = tl.load(end_ptr + b)
     if SPLIT:
         pid_s = tl.program_id(2)
         lo = tl.maximum(lo, pid_s * chunk)
         hi = tl.minimum(hi, (pid_s + 1) * chunk)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # packed rows of this KV head
     offs_d = tl.arange(0, HEAD_DIM)
-    mmask = offs_m < Sq
-    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h * sqh + offs_m[:, None] * sqs + offs_d[None, :],
-                mask=mmask[:, None], other=0.0)  # [BLOCK_M, D]
+    mmask = offs_r < GROUP * Sq
+    h = hk * GROUP + offs_r // Sq  # [BLOCK_M] query head of each row
+    offs_m = offs_r % Sq  # its query position
+    q = tl.load(q_ptr + b.to(tl.int64) * sqb + h[:, None] * sqh + offs_m[:, None] * sqs
+                + offs_d[None, :], mask=mmask[:, None], other=0.0)  # [BLOCK_M, D]
     if UPCAST:
         q = q.to(tl.float32)
     k_base = k_ptr + b.to(tl.int64) * skb + hk * skh
@@ -76,31 +79,33 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, start_ptr, end_ptr, po_ptr, pm
             acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     if SPLIT:
-        row = (pid_s * tl.num_programs(1) + pid_bh).to(tl.int64) * Sq + offs_m  # [BLOCK_M]
+        row = (pid_s * tl.num_programs(1) + pid_bh).to(tl.int64) * (GROUP * Sq) + offs_r
         tl.store(po_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=mmask[:, None])
         tl.store(pml_ptr + row * 2, m_i, mask=mmask)
         tl.store(pml_ptr + row * 2 + 1, l_i, mask=mmask)
     else:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        tl.store(o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
-                 out.to(o_ptr.dtype.element_ty), mask=mmask[:, None])
+        tl.store(o_ptr + b.to(tl.int64) * sob + h[:, None] * soh + offs_m[:, None] * sos
+                 + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=mmask[:, None])
 
 
 @triton.jit
-def _attention_combine_kernel(po_ptr, pml_ptr, o_ptr, Sq, H, BH, n_splits, sob, sos, soh,
-                              HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+def _attention_combine_kernel(po_ptr, pml_ptr, o_ptr, Sq, Hkv, GROUP, BH, n_splits, sob, sos,
+                              soh, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pid_bh = tl.program_id(1)  # batch x KV head, packed rows as in _attention_kernel
+    b = pid_bh // Hkv
+    hk = pid_bh % Hkv
+    offs_r = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    mmask = offs_m < Sq
+    mmask = offs_r < GROUP * Sq
+    h = hk * GROUP + offs_r // Sq
+    offs_m = offs_r % Sq
     m = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
     for sp in range(0, n_splits):
-        row = (sp * BH + pid_bh).to(tl.int64) * Sq + offs_m
+        row = (sp * BH + pid_bh).to(tl.int64) * (GROUP * Sq) + offs_r
         pm = tl.load(pml_ptr + row * 2, mask=mmask, other=float("-inf"))
         pl = tl.load(pml_ptr + row * 2 + 1, mask=mmask, other=0.0)
         pa = tl.load(po_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], mask=mmask[:, None],
@@ -113,15 +118,16 @@ def _attention_combine_kernel(po_ptr, pml_ptr, o_ptr, Sq, H, BH, n_splits, sob, 
         acc = acc * a[:, None] + pa * c[:, None]
         m = nm
     out = acc / tl.where(l > 0, l, 1.0)[:, None]
-    tl.store(o_ptr + b.to(tl.int64) * sob + h * soh + offs_m[:, None] * sos + offs_d[None, :],
-             out.to(o_ptr.dtype.element_ty), mask=mmask[:, None])
+    tl.store(o_ptr + b.to(tl.int64) * sob + h[:, None] * soh + offs_m[:, None] * sos
+             + offs_d[None, :], out.to(o_ptr.dtype.element_ty), mask=mmask[:, None])
 
 
 # ----------------------------------------------------------------------------- launcher
 
 
 def pick_config(Sq: int, D: int, dtype: torch.dtype) -> dict:
-    """Tile sizes, warps and pipelining depth for a query length and head dim.
+    """Tile sizes, warps and pipelining depth for a (packed) row count and head dim: Sq here is
+    GROUP x the query length, the rows one program block walks.
 
     Every choice compiles without register spills on sm_90 (ptxas -v, aligned or not, split or
     not: tests/_compile_sm90.py). 64-key tiles at head_dim 128, or 4 warps on a [64, 64]
@@ -129,12 +135,17 @@ def pick_config(Sq: int, D: int, dtype: torch.dtype) -> dict:
     block_m = max(16, triton.next_power_of_2(Sq)) if Sq <= SPLIT_MAX_SQ else \
         (128 if D <= 64 and dtype != torch.float32 else 64)
     if dtype == torch.float32:  # IEEE fp32 dot runs on FMA units: not a fast path, small tiles
-        block_m = min(block_m, 32 if D == 128 else 64)
+        block_m = min(block_m, 32)
         small = block_m == 16
         return {"BLOCK_M": block_m, "BLOCK_N": 16 if small else 32,
                 "num_warps": 4 if small else 8, "num_stages": 2}
     return {"BLOCK_M": block_m, "BLOCK_N": 32 if D == 128 or block_m == 16 else 64,
             "num_warps": 8 if block_m * D >= 2048 else 4, "num_stages": 3}
+
+
+def combine_warps(block_m: int, D: int) -> int:
+    """Warps of the split-KV combine: 8 from a [64, 64] accumulator on (4 spill on sm_90)."""
+    return 8 if block_m * D >= 4096 else 4
 
 
 def launch_configs():
@@ -147,9 +158,10 @@ def launch_configs():
                     item = (dt, D, split, pick_config(sq, D, dt))
                     if item not in out:
                         out.append(item)
-            big = (dt, D, False, pick_config(SPLIT_MAX_SQ + 1, D, dt))
-            if big not in out:
-                out.append(big)
+            for split in (False, True):  # packed GQA rows > 64 of a short, split query block
+                big = (dt, D, split, pick_config(SPLIT_MAX_SQ + 1, D, dt))
+                if big not in out:
+                    out.append(big)
     return out
 
 
@@ -193,31 +205,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_start: torch
     out = torch.empty((B, Sq, H, D), dtype=q.dtype, device=q.device)
     if B == 0 or Sq == 0:
         return out
-    cfg = pick_config(Sq, D, q.dtype)
+    group = H // Hkv
+    rows = group * Sq  # packed rows per KV head
+    cfg = pick_config(rows, D, q.dtype)
     bm, bn = cfg["BLOCK_M"], cfg["BLOCK_N"]
-    grid_m = triton.cdiv(Sq, bm)
+    grid_m = triton.cdiv(rows, bm)
     splits = 1
     if Sq <= SPLIT_MAX_SQ:
         splits = num_splits if num_splits is not None else \
-            _num_splits(grid_m * B * H, Skv, bn, q.device)
+            _num_splits(grid_m * B * Hkv, Skv, bn, q.device)
     chunk = triton.cdiv(triton.cdiv(max(Skv, 1), splits), bn) * bn  # keys per split
     splits = max(1, triton.cdiv(Skv, chunk))
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     qk_scale = LOG2E / math.sqrt(D)
     if splits > 1:
-        po = torch.empty((splits, B * H, Sq, D), dtype=torch.float32, device=q.device)
-        pml = torch.empty((splits, B * H, Sq, 2), dtype=torch.float32, device=q.device)
+        po = torch.empty((splits, B * Hkv, rows, D), dtype=torch.float32, device=q.device)
+        pml = torch.empty((splits, B * Hkv, rows, 2), dtype=torch.float32, device=q.device)
     else:
         po = pml = out
-    _attention_kernel[(grid_m, B * H, splits)](
-        q, k, v, out, kv_start, kv_end, po, pml, Sq, H, H // Hkv, qk_scale, chunk,
+    _attention_kernel[(grid_m, B * Hkv, splits)](
+        q, k, v, out, kv_start, kv_end, po, pml, Sq, Hkv, group, qk_scale, chunk,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, SPLIT=splits > 1,
         UPCAST=interpret, IEEE=q.dtype == torch.float32 or interpret,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if splits > 1:
-        _attention_combine_kernel[(grid_m, B * H)](
-            po, pml, out, Sq, H, B * H, splits, out.stride(0), out.stride(1), out.stride(2),
-            HEAD_DIM=D, BLOCK_M=bm, num_warps=4)
+        _attention_combine_kernel[(grid_m, B * Hkv)](
+            po, pml, out, Sq, Hkv, group, B * Hkv, splits, out.stride(0), out.stride(1),
+            out.stride(2), HEAD_DIM=D, BLOCK_M=bm, num_warps=combine_warps(bm, D))
     return out

@@ -128,7 +128,7 @@ def lm_head_variants():
 
 
 def attention_variants():
-    ints = ["Sq", "H", "GROUP", "chunk", "sqb", "sqs", "sqh", "skb", "sks", "skh", "svb", "svs",
+    ints = ["Sq", "Hkv", "GROUP", "chunk", "sqb", "sqs", "sqh", "skb", "sks", "skh", "svb", "svs",
             "svh", "sob", "sos", "soh"]
     seen = set()
     for dt, D, split, cfg in attn_mod.launch_configs():
@@ -145,10 +145,11 @@ def attention_variants():
         if split and key not in seen:
             seen.add(key)
             csig = {"po_ptr": "*fp32", "pml_ptr": "*fp32", "o_ptr": f"*{t}", "Sq": "i32",
-                    "H": "i32", "BH": "i32", "n_splits": "i32", "sob": "i32", "sos": "i32",
-                    "soh": "i32"}
+                    "Hkv": "i32", "GROUP": "i32", "BH": "i32", "n_splits": "i32", "sob": "i32",
+                    "sos": "i32", "soh": "i32"}
             yield (attn_mod._attention_combine_kernel, csig,
-                   {"HEAD_DIM": D, "BLOCK_M": cfg["BLOCK_M"]}, 4, 3,
+                   {"HEAD_DIM": D, "BLOCK_M": cfg["BLOCK_M"]},
+                   attn_mod.combine_warps(cfg["BLOCK_M"], D), 3,
                    f"attention_combine {t} D{D} M{cfg['BLOCK_M']}")
 
 

@@ -44,9 +44,11 @@ class LaunchCounter:
     def __init__(self, kernel):
         self.kernel = kernel
         self.launches = 0
+        self.grids = []  # the grid of each launch
 
     def __getitem__(self, grid):
         launch = self.kernel[grid]
+        self.grids.append(tuple(grid))
 
         def run(*args, **kwargs):
             self.launches += 1

@@ -47,14 +47,17 @@ CASES = [  # B, Sq, H, Hkv, D, Skv, num_splits
     (3, 17, 6, 2, 64, 50, 2),  # GQA 3:1, Sq just over a 16-row tile
     (1, 32, 2, 1, 128, 130, 2),  # a 32-token block over a longer cache, head_dim 128
     (2, 70, 2, 2, 32, 45, None),  # Sq > 64: the non-split prefill path, two query tiles
+    (1, 32, 7, 1, 32, 90, 2),  # Dream's 7:1 GQA: 224 packed rows of a split 32-token block
+    (2, 9, 14, 2, 64, 40, None),  # 7:1, 63 packed rows per KV head, padded batch
 ]
 
 
-def _kv_splits(Sq, D, Skv, splits, dtype) -> int:
-    """KV splits the launcher makes of a requested count: chunks of whole BLOCK_N key tiles."""
+def _kv_splits(Sq, D, Skv, splits, dtype, group=1) -> int:
+    """KV splits the launcher makes of a requested count: chunks of whole BLOCK_N key tiles
+    (tiles picked for the group x Sq packed rows of a KV head)."""
     if not splits or Sq > at.SPLIT_MAX_SQ:
         return 1
-    bn = at.pick_config(Sq, D, dtype)["BLOCK_N"]
+    bn = at.pick_config(group * Sq, D, dtype)["BLOCK_N"]
     chunk = triton.cdiv(triton.cdiv(Skv, splits), bn) * bn
     return triton.cdiv(Skv, chunk)
 
@@ -72,7 +75,8 @@ def test_matches_reference(monkeypatch, B, Sq, H, Hkv, D, Skv, splits, dtype):
     assert out.dtype == dtype and out.shape == q.shape
     assert_close(out, expect, TOL[dtype], TOL[dtype], f"attention {dtype}")
     assert fwd.launches == 1
-    n_splits = _kv_splits(Sq, D, Skv, splits, dtype)
+    assert fwd.grids[0][1] == B * Hkv  # GQA: one program column per KV head, K/V loaded once
+    n_splits = _kv_splits(Sq, D, Skv, splits, dtype, H // Hkv)
     assert n_splits > 1 or not splits or Skv <= 64  # a long cache does split: the merge runs
     assert comb.launches == (1 if n_splits > 1 else 0)
 
