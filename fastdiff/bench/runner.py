@@ -47,7 +47,8 @@ class Plan:
 
 
 def default_plan(preset: str, device: torch.device, quick: bool = False) -> Plan:
-    """tiny: the CI smoke grid; small: the CPU cache measurement; llada-8b: the GPU grid."""
+    """tiny: the CI smoke grid; small: the CPU cache measurement; llada-8b: the GPU grid;
+    dream-*: one Dream row (fastdiff, no cache and dual, the GPU default backend)."""
     if preset == "tiny":
         grid = [Scenario(b, 16, 32, 8, t) for b in (1, 2) for t in (1, 4)]
         grid += [Scenario(b, 16, 32, 8, None, 0.9) for b in (1, 2)]
@@ -57,6 +58,11 @@ def default_plan(preset: str, device: torch.device, quick: bool = False) -> Plan
                 Scenario(1, 128, 256, 32, 1)]
         return Plan(preset, grid, warmup=1, repeats=3)
     backends = ("torch", "triton") if device.type == "cuda" else ("torch",)
+    if preset.startswith("dream"):  # a second family's row: fastdiff only (the baselines are
+        # LLaDA's reference loop and a Llama-shaped AR model), no cache vs dual, 4 tok/step
+        grid = [Scenario(1, 128, 256, 32, 4)]
+        return Plan(preset, grid, caches=("none", "dual"), backends=backends[-1:],
+                    systems=("fastdiff",), warmup=1, repeats=2)
     if quick:
         grid = [Scenario(1, 128, 256, 32, 4), Scenario(1, 128, 256, 32, 1)]
         return Plan(preset, grid, backends=backends, warmup=1, repeats=2)
