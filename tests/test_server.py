@@ -502,3 +502,44 @@ def test_fastdiff_serve_cli(tiny_ckpt):
     assert proc.returncode in (0, -signal.SIGTERM), out  # uvicorn re-raises the signal it
     # caught after its graceful shutdown
     assert f"at http://127.0.0.1:{port}/v1" in out
+
+
+# ----------------------------------------------------------------------------- Dream family
+
+
+@pytest.fixture(scope="module")
+def dream_ckpt(tmp_path_factory):
+    from fastdiff import ModelConfig
+    from fastdiff.models import save_random_checkpoint
+    return save_random_checkpoint(tmp_path_factory.mktemp("dream") / "dream-tiny",
+                                  ModelConfig.preset("dream-tiny"), seed=3, dtype=torch.float32)
+
+
+def test_dream_checkpoint_served_with_its_own_settings(dream_ckpt):
+    """A Dream checkpoint over the OpenAI routes: Dream's names (alg, alg_temp, top_p, top_k,
+    steps) are extra body fields validated for the family, answers equal the in-process run,
+    chat renders Dream's template, and LLaDA's remasking is a 400 naming the family."""
+    solo = Engine.from_pretrained(dream_ckpt, device="cpu")
+    for srv in serve(dream_ckpt, max_batch_size=4, max_wait_ms=5):
+        c = OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        cases = [dict(alg="entropy"), dict(alg="topk_margin", top_p=0.9, top_k=40, steps=8),
+                 dict(alg="maskgit_plus", alg_temp=0.5, temperature=0.7)]
+        for extra in cases:
+            r = c.completions.create(model=MODEL, prompt="def add(a, b):", max_tokens=16,
+                                     seed=5, extra_body=extra)
+            text, reason, n_prompt, n_done = expected(solo, "def add(a, b):",
+                                                      dict(gen_length=16, **extra), seed=5)
+            assert r.choices[0].text == text, extra
+            assert (r.choices[0].finish_reason, r.usage.prompt_tokens,
+                    r.usage.completion_tokens) == (reason, n_prompt, n_done)
+        chat = c.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=8, seed=1)
+        msgs = solo.encode(MSGS)
+        assert chat.usage.prompt_tokens == len(msgs)
+        assert solo.tokenizer.decode(msgs).startswith("system\nAnswer briefly.")  # im_start/end
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model=MODEL, prompt="x", max_tokens=4,
+                                 extra_body={"remasking": "random"})
+        assert e.value.status_code == 400
+        err = e.value.body if isinstance(e.value.body, dict) else e.value.response.json()["error"]
+        assert err["param"] == "remasking" and "dream family" in err["message"]
+        valid_request_works(srv.url)
