@@ -97,11 +97,16 @@ setup(
                 "matplotlib>=3.7", "pybind11>=2.12", "nvidia-cuda-runtime-cu12>=12.4",
                 # the server extra and the client its tests drive
                 "fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20", "httpx>=0.27",
-                "openai>=1.30"],
+                "openai>=1.30",
+                "ray[serve]>=2.60,<3"],  # the ray extra: tests/test_ray*.py
         "bench": ["matplotlib>=3.7", "pytest-benchmark>=4",
                   "httpx>=0.27"],  # `fastdiff bench-serve` over HTTP (--in-process needs none)
         # `fastdiff serve`: the OpenAI-compatible HTTP server
         "server": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20", "httpx>=0.27"],
+        # `fastdiff serve --replicas N` / `serve run fastdiff.server.ray_app:build_app`: the
+        # server on Ray Serve (2.60: the ingress builds its app late, once its handles exist)
+        "ray": ["ray[serve]>=2.60,<3", "fastapi>=0.110", "uvicorn>=0.29",
+                "prometheus-client>=0.20", "httpx>=0.27"],
     },
     entry_points={"console_scripts": ["fastdiff=fastdiff.cli:main"]},
     ext_modules=[Extension("fastdiff._C", sources=[], optional=True)] if _CUDA else [],

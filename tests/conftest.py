@@ -8,6 +8,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Ray (tests/test_ray*.py): a local instance whose ports and traffic stay on 127.0.0.1, and no
+# usage report; Ray reads the first when it is imported, so it is set before any test module is
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest-xdist: share the cores, do not oversubscribe
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))

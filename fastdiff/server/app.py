@@ -21,10 +21,21 @@ from .metrics import Metrics
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+REPLICA_HEADER = "x-fastdiff-replica"
+
+
+class EngineUnavailableError(RuntimeError):
+    """The engine behind an EngineClient is gone (a replica died mid-request, none answered in
+    time): a 503; a stream that already started ends with an error event and no [DONE]."""
 
 
 class EngineClient(Protocol):
-    """What the routes need from the engine side (AsyncEngine implements it)."""
+    """What the routes need from the engine side (AsyncEngine implements it). Optional, for
+    remote engines (fastdiff.server.ray_client): stream() may return an object with
+    `async ready()`, awaited before the response starts (its errors are answered like
+    generate's); results, streams and raised errors may carry `replica` (str), sent as the
+    x-fastdiff-replica header; stats() may hold `replicas` (live engine replicas, in /health)
+    and `replica_retries`."""
 
     async def start(self) -> None: ...
     async def close(self) -> None: ...
@@ -124,10 +135,18 @@ def _engine_error(e: Exception, req: P.ParsedRequest) -> P.APIError:
                           code="context_length_exceeded")
     if isinstance(e, OverloadedError):
         return P.APIError(429, str(e), code="server_overloaded", type="overloaded_error")
+    if isinstance(e, EngineUnavailableError):
+        return P.APIError(503, str(e), code="engine_unavailable", type="server_error")
     if isinstance(e, ValueError):
         return P.APIError(400, req.rename(str(e)), param=req.param(str(e)) or where,
                           code="invalid_value")
     return P.APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error")
+
+
+def _served_by(obj: Any) -> dict:
+    """The x-fastdiff-replica header of a result, stream or error that names its replica."""
+    replica = getattr(obj, "replica", None)
+    return {REPLICA_HEADER: replica} if replica else {}
 
 
 def build_app(async_engine: EngineClient, *, model_id: str, api_key: Optional[str] = None,
@@ -153,8 +172,9 @@ def build_app(async_engine: EngineClient, *, model_id: str, api_key: Optional[st
 
     @app.exception_handler(P.APIError)
     async def _api_error(request: Request, e: P.APIError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if e.status == 429 else None
-        return JSONResponse(e.body(), status_code=e.status, headers=headers)
+        headers = {"Retry-After": "1"} if e.status == 429 else {}
+        return JSONResponse(e.body(), status_code=e.status,
+                            headers={**headers, **_served_by(e.__cause__)})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -186,9 +206,12 @@ def build_app(async_engine: EngineClient, *, model_id: str, api_key: Optional[st
 
     @app.get("/health")
     async def health() -> Response:
-        ok = engine.stats().get("worker_alive", True)
-        return JSONResponse({"status": "ok" if ok else "engine stopped"},
-                            status_code=200 if ok else 503)
+        stats = engine.stats()
+        ok = stats.get("worker_alive", True)
+        body = {"status": "ok" if ok else "engine stopped"}
+        if "replicas" in stats:
+            body["replicas"] = stats["replicas"]
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -206,9 +229,12 @@ def build_app(async_engine: EngineClient, *, model_id: str, api_key: Optional[st
                 gen = engine.make_config(**req.settings)
                 if req.stream:
                     stream = engine.stream(req.prompt, gen, chat=chat, seed=req.seed)
+                    if hasattr(stream, "ready"):  # a remote engine: accepted, or raises here
+                        await stream.ready()
                     status = "stream"
                     return _SSEResponse(_sse(stream, req, t0), on_close=stream.aclose,
-                                        headers=SSE_HEADERS, media_type="text/event-stream")
+                                        headers={**SSE_HEADERS, **_served_by(stream)},
+                                        media_type="text/event-stream")
                 result = await _unless_disconnected(
                     request, engine.generate(req.prompt, gen, chat=chat, seed=req.seed))
             except Exception as e:
@@ -222,7 +248,8 @@ def build_app(async_engine: EngineClient, *, model_id: str, api_key: Optional[st
             return JSONResponse(P.response_body(
                 P.new_id(chat), chat, model_id, text, P.finish_reason(result.finish_reason,
                                                                       stopped),
-                P.usage_body(result.prompt_tokens, result.completion_tokens)))
+                P.usage_body(result.prompt_tokens, result.completion_tokens)),
+                headers=_served_by(result))
         except P.APIError as e:
             status = str(e.status)
             raise
@@ -265,6 +292,10 @@ def build_app(async_engine: EngineClient, *, model_id: str, api_key: Optional[st
                     break
             yield "data: [DONE]\n\n"
             status = "200"
+        except EngineUnavailableError as e:  # the replica died: an error, and no [DONE]
+            status = "503"
+            yield "data: " + json.dumps(P.error_body(str(e), "server_error", None,
+                                                     "engine_unavailable")) + "\n\n"
         except Exception as e:  # the run failed after the stream started
             status = "500"
             yield "data: " + json.dumps(P.error_body(f"generation failed: {e}",

@@ -1,6 +1,7 @@
 """Prometheus metrics of one app (its own registry, so several apps can live in one process).
 Request-side metrics are observed by the routes; the engine's queue and batch figures are read
-from AsyncEngine.stats() at scrape time."""
+from AsyncEngine.stats() at scrape time (behind the Ray Serve ingress: summed over the live
+engine replicas)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -44,6 +45,12 @@ class _EngineCollector:
         for outcome in ("submitted", "completed", "failed", "cancelled", "rejected"):
             c.add_metric([outcome], s.get(f"requests_{outcome}", 0))
         yield c
+        if "replicas" in s:  # a Ray Serve ingress: the figures above summed over replicas
+            yield GaugeMetricFamily("fastdiff_replicas", "Live engine replicas",
+                                    value=s["replicas"])
+            yield CounterMetricFamily("fastdiff_replica_retries", "Requests resent to another "
+                                      "engine replica after theirs died",
+                                      value=s.get("replica_retries", 0))
 
 
 class Metrics:
