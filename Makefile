@@ -23,7 +23,7 @@ $(STAMP): setup.py pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m fastdiff.cli demo --prompt "def fibonacci(n):" --threshold 0.9 --cache dual
+	$(PY) -m fastdiff.cli demo --prompt "def fibonacci(n):" --threshold 0.9 --cache dual --show-steps
 
 $(TRITON_NEXT_STAMP): Makefile
 	rm -rf $(TRITON_NEXT_DIR)
