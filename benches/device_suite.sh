@@ -5,12 +5,12 @@
 # csrc), runs `pytest -m gpu` (INFO logs, e.g. each captured graph's node types, in log.txt),
 # the per-kernel profile of one cached and one refresh step at LLaDA-8B shapes
 # (python -m fastdiff.bench.step_profile), then the kernel benches, the end-to-end benches
-# (LLaDA-8B vs AR), a Dream-7B row and the in-process serving load at 8B shapes, in that order
-# of importance. --quick: correctness only (< 90 s). Full: under 6 minutes in all (design.md):
-# each step's timeout is capped and ends by a deadline in seconds since the start (install
-# 90 s; pytest 130 s; step profile 60 s, by 245; kernel benches 30 s (--quick), by 260;
-# end-to-end by 290; Dream 40 s, by 320; serving 30 s, by 350), so a slow step shortens the
-# later ones.
+# (LLaDA-8B vs AR), a Dream-7B row, SDAR-8B rows (block 4 and 16 vs AR) and the in-process
+# serving load at 8B shapes, in that order of importance. --quick: correctness only (< 90 s).
+# Full: under 6 minutes in all (design.md): each step's timeout is capped and ends by a
+# deadline in seconds since the start (install 90 s; pytest 130 s; step profile 60 s, by 245;
+# kernel benches 30 s (--quick), by 255; end-to-end by 280; Dream 35 s, by 310; SDAR 35 s, by
+# 335; serving 25 s, by 358), so a slow step shortens the later ones.
 # Writes to $OUT: results.jsonl, table.md, log.txt (+ serve_bench.{json,md,png} of the serving load). Set FASTDIFF_COMMIT to
 # the commit under test when the copy there has no .git.
 set -uo pipefail
@@ -60,22 +60,26 @@ if [[ $QUICK == 0 ]]; then
     echo "step profile rc=$?" | tee -a "$LOG"
 
     step "kernel benches"
-    if [[ -f benches/bench_e2e.py ]]; then BENCH_S=$(upto 30 260); else BENCH_S=$(left 315); fi
+    if [[ -f benches/bench_e2e.py ]]; then BENCH_S=$(upto 30 255); else BENCH_S=$(left 315); fi
     BENCH_ARGS=(--out "$OUT")
     ((BENCH_S < 60)) && BENCH_ARGS+=(--quick)  # its rows are written at its end: finish
     timeout "$BENCH_S" "$PY" benches/bench_kernels.py "${BENCH_ARGS[@]}" >> "$LOG" 2>&1
     echo "kernel benches rc=$?" | tee -a "$LOG"
     if [[ -f benches/bench_e2e.py ]]; then
         step "end-to-end benches"
-        timeout "$(left 290)" "$PY" benches/bench_e2e.py --quick --out "$OUT" >> "$LOG" 2>&1
+        timeout "$(left 280)" "$PY" benches/bench_e2e.py --quick --out "$OUT" >> "$LOG" 2>&1
         echo "end-to-end benches rc=$?" | tee -a "$LOG"
         step "Dream-7B row"
-        timeout -k 5 "$(upto 40 320)" "$PY" benches/bench_e2e.py --preset dream-7b --quick \
+        timeout -k 5 "$(upto 35 310)" "$PY" benches/bench_e2e.py --preset dream-7b --quick \
             --contexts 1024 --out "$OUT" >> "$LOG" 2>&1
         echo "Dream-7B row rc=$?" | tee -a "$LOG"
+        step "SDAR-8B rows"
+        timeout -k 5 "$(upto 35 335)" "$PY" benches/bench_e2e.py --preset sdar-8b --quick \
+            --out "$OUT" >> "$LOG" 2>&1
+        echo "SDAR-8B rows rc=$?" | tee -a "$LOG"
     fi
     step "serving load (in-process, 8B shapes)"
-    timeout -k 5 "$(upto 30 350)" "$PY" -m fastdiff.cli bench-serve --in-process \
+    timeout -k 5 "$(upto 25 358)" "$PY" -m fastdiff.cli bench-serve --in-process \
         --preset llada-8b --rates 2,8 --requests 8 --prompt-lens 64,128 --gen-lengths 128,256 \
         --block-length 32 --threshold 0.9 --cache dual --max-seconds 10 --out "$OUT" \
         --stem serve_bench >> "$LOG" 2>&1

@@ -8,18 +8,19 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .config import ALGS
+from .config import ALGS, CONFIDENCES, REMASKING_SCORES, SDAR_REMASKING
 from .live import PLACEHOLDER
 
 DEMO_PROMPT = "def fibonacci(n):"
-PRESETS = ["tiny", "small", "llada-8b", "dream-tiny", "dream-7b"]  # ModelConfig.preset names
+PRESETS = ["tiny", "small", "llada-8b", "dream-tiny", "dream-7b", "sdar-tiny", "sdar-4b",
+           "sdar-8b"]  # ModelConfig.preset names
 DEMO_THRESHOLD = 0.9  # `fastdiff demo` decodes in parallel (confidence threshold, dual cache)
 DEMO_BLOCK = 32
 # GenerationConfig field -> the flag that sets it
 GEN_FLAGS = {name: "--" + name.replace("_", "-") for name in (
     "gen_length", "steps", "block_length", "temperature", "cfg_scale", "remasking", "alg",
     "alg_temp", "top_p", "top_k", "logits_eos_inf", "confidence_eos_eot_inf", "seed", "cache",
-    "threshold", "factor", "stop_at_eos")}
+    "threshold", "factor", "stop_at_eos", "denoising_steps", "confidence")}
 
 
 def _bundled_model() -> Optional[Path]:
@@ -42,13 +43,19 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
                         "else gen-length; Dream gen-length)")
     p.add_argument("--temperature", type=float, default=None, help="default 0 (greedy)")
     p.add_argument("--cfg-scale", type=float, default=None, help="LLaDA: guidance (default 0)")
-    p.add_argument("--remasking", default=None, choices=["low_confidence", "random"],
-                   help="LLaDA's score (default low_confidence)")
+    p.add_argument("--remasking", default=None,
+                   choices=list(REMASKING_SCORES) + list(SDAR_REMASKING),
+                   help="LLaDA's score (default low_confidence); SDAR's rule (default "
+                        "low_confidence_static)")
     p.add_argument("--alg", default=None, choices=list(ALGS),
                    help="Dream's score (default entropy); LLaDA takes all but origin")
     p.add_argument("--alg-temp", type=float, default=None, help="Dream (default 0)")
-    p.add_argument("--top-p", type=float, default=None, help="Dream")
-    p.add_argument("--top-k", type=int, default=None, help="Dream")
+    p.add_argument("--top-p", type=float, default=None, help="Dream, SDAR")
+    p.add_argument("--top-k", type=int, default=None, help="Dream, SDAR")
+    p.add_argument("--denoising-steps", type=int, default=None,
+                   help="SDAR: steps per block (default block-length)")
+    p.add_argument("--confidence", default=None, choices=list(CONFIDENCES),
+                   help="SDAR: eval (default: the evaluation sampler's) or filtered")
     p.add_argument("--logits-eos-inf", action="store_true", default=None)
     p.add_argument("--confidence-eos-eot-inf", action="store_true", default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -78,12 +85,15 @@ def _usage_error(args: argparse.Namespace, message: str) -> int:
 def _generation_config(model: Path, args: argparse.Namespace):
     """The GenerationConfig of the flags given (no others), resolved for the checkpoint's
     family and validated by the same code as the Python API; a ValueError naming the flag."""
-    from . import GenerationConfig, ModelConfig
+    from . import GenerationConfig
+    from .models.loader import read_config
     given = {name: getattr(args, name) for name in GEN_FLAGS if getattr(args, name) is not None}
     try:
         gen = GenerationConfig(**given)
-        cfg = model / "config.json"
-        return gen.resolve(ModelConfig.from_json(cfg).family) if cfg.is_file() else gen
+        if not (model / "config.json").is_file():
+            return gen
+        cfg = read_config(model)
+        return gen.resolve(cfg.family, block_size=cfg.block_size)
     except ValueError as e:
         name = str(e).split("=", 1)[0]
         raise ValueError(f"argument {GEN_FLAGS[name]}: {e}" if name in GEN_FLAGS else str(e))

@@ -276,7 +276,7 @@ class Engine:
         gen = config or GenerationConfig()
         if overrides:
             gen = gen.replace(**overrides)
-        return gen.resolve(self.config.family)
+        return gen.resolve(self.config.family, block_size=self.config.block_size)
 
     @torch.inference_mode()
     def generate(self, prompts, config: Optional[GenerationConfig] = None, *, chat: bool = False,
@@ -313,24 +313,82 @@ class Engine:
             raise ValueError(f"{len(ids)} prompts exceed max_batch_size={self.max_batch_size}; "
                              "split the batch or build the engine with a larger max_batch_size")
         gen.check_prompts([len(p) for p in ids], self.config)
-        if max(len(p) for p in ids) + gen.gen_length > self.max_seq_len:
-            raise ValueError(f"prompt + gen_length exceeds the engine's max_seq_len="
-                             f"{self.max_seq_len}; lower gen_length or raise max_seq_len")
+        longest = max(self._span(len(p), gen) for p in ids)
+        if longest > self.max_seq_len:
+            raise ValueError(f"prompt + gen_length ({longest} positions"
+                             f"{', rounded up to whole blocks' if self._blockwise else ''}) "
+                             f"exceeds the engine's max_seq_len={self.max_seq_len}; lower "
+                             "gen_length or raise max_seq_len")
         default = gen.seed if gen.seed is not None else secrets.randbits(63)
         row_seeds = [default if s is None else s for s in (seeds or [None] * len(ids))]
         for s in row_seeds:
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63:
                 raise ValueError(f"seed={s!r} is invalid: must be an integer in [0, 2**63)")
+        if self._blockwise:
+            return self._block_diffusion(ids, gen, row_seeds, on_step, stream_interval)
         state = DecodeState.from_prompts(ids, gen.gen_length, mask_id=self.config.mask_token_id,
                                          pad_id=self.config.pad_token_id,
                                          seeds=row_seeds, device=self.model.device)
         self._decode(state, gen, on_step, stream_interval)
         return self._completions(state)
 
+    @property
+    def _blockwise(self) -> bool:
+        """Block diffusion (block-causal attention, exact block cache): its own outer loop."""
+        return self.config.attention == "block_causal"
+
+    def _span(self, prompt_len: int, gen: GenerationConfig) -> int:
+        """Positions a row occupies: prompt + gen_length, or whole blocks for block diffusion."""
+        if not self._blockwise:
+            return prompt_len + gen.gen_length
+        B = gen.block_length
+        return -(-(prompt_len + gen.gen_length) // B) * B
+
+    def stop_ids(self, gen: GenerationConfig) -> list[int]:
+        """The ids a row stops at (with stop_at_eos) and completions are cut at: EOS, the chat
+        turn's end token, and the checkpoint's generation_config eos list."""
+        ids = [self.config.eos_token_id] + ([self.eot_id] if self.eot_id is not None else [])
+        return list(dict.fromkeys(ids + list(self.config.stop_token_ids)))
+
+    def _block_diffusion(self, ids: list[list[int]], gen: GenerationConfig, seeds: list[int],
+                         on_step, interval: str) -> list[Completion]:
+        """Block diffusion (dllm-spec.md section 6): each row on its own block grid, the
+        prefill, per-block denoising against the exact cache, the store forward, stops after
+        whole blocks. Eager (the graph runner does not cover this loop yet)."""
+        from .decoding.block_diffusion import BlockCanvas, BlockRequest, decode_blocks
+        c, B = self.config, gen.block_length
+        canvas = BlockCanvas.build(ids, gen.gen_length, B, mask_id=c.mask_token_id,
+                                   pad_id=c.pad_token_id, seeds=seeds, device=self.model.device)
+        st = canvas.state
+        stops = self.stop_ids(gen)
+        stop_t = torch.tensor(stops, dtype=torch.int64, device=self.model.device) \
+            if gen.stop_at_eos else None
+        req = BlockRequest(scorer=Scorer.from_config(gen, c.eos_token_id, self.eot_id),
+                           rule=gen.rule, steps=gen.denoising_steps, threshold=gen.threshold,
+                           stop_ids=stop_t, store=self.kv_store(st.batch, st.x.shape[1]))
+        hook = None
+        if on_step is not None:
+            run = Run(st, c.mask_token_id)
+
+            def hook(s: DecodeState, block: int, i: int) -> None:
+                bs = s.prompt_len + block * B
+                if interval == "step" or i + 1 >= gen.denoising_steps or not bool(
+                        ((s.x[:, bs:bs + B] == s.mask_id) & s.active[:, None]).any()):
+                    on_step(run, block, i)
+        decode_blocks(self.model, self.ops, canvas, req, on_step=hook)
+        stop_set, G = set(stops), gen.gen_length
+        out = []
+        for row, n in zip(canvas.full_ids(), st.nfe.tolist()):
+            cut = next((j for j, t in enumerate(row[:G]) if t in stop_set), None)
+            toks = row[:G] if cut is None else row[:cut]
+            text = self.tokenizer.decode(toks) if self.tokenizer is not None else None
+            out.append(Completion(toks, row, text, "eos" if cut is not None else "length", n))
+        return out
+
     def _request(self, gen: GenerationConfig, batch: int = 0, length: int = 0) -> Request:
         """The request's resolved strategies; with a KV cache, a store holding batch rows of
         `length` columns (0: the engine's largest)."""
-        gen = gen.resolve(self.config.family)  # a no-op for resolved settings
+        gen = gen.resolve(self.config.family, block_size=self.config.block_size)  # no-op if done
         strategy = make_strategy(gen.cache)
         eos = self.config.eos_token_id
         stop_ids = None

@@ -1,4 +1,5 @@
-"""Non-causal flash attention forward with GQA, strided k/v and per-row key ranges.
+"""Flash attention forward with GQA, strided k/v, per-row key ranges and an optional
+block-causal mask.
 
 GQA packing: the GROUP query heads that share a KV head are one program's rows (row r of KV
 head hk is query head hk * GROUP + r // Sq, position r % Sq), so each K/V tile is loaded once
@@ -6,8 +7,14 @@ for all of them. One program per (row block, batch x KV head[, KV split]). Each 
 [lo, hi) in BLOCK_N tiles with an online softmax (exp2, fp32 statistics). For short query
 blocks (Sq <= 64, the block-decoding step against a long cache) the keys are split across
 programs so a batch-1 step fills the GPU; each split writes an unnormalized partial (acc, max,
-sum) and _attention_combine_kernel merges them. Semantics: fastdiff.ops.reference.attention; a row whose
-key range is empty gets zeros (the reference gives NaN)."""
+sum) and _attention_combine_kernel merges them. BLOCK_CAUSAL (block diffusion's prefill, key
+block <= query block, query m at key column q_start + m): each row's first disallowed key is
+lim = ((q_start + m) // bk + 1) * bk; a program stops at the largest lim of its rows (the key
+tiles above it are never loaded: about half the work of a square prefill) and masks per row in
+the tiles it visits. (One loop: a separate unmasked loop for the interior tiles cost ~20
+registers, and the unaligned head-dim-128 [64 x 32] tile then spilled on sm_90.)
+Semantics: fastdiff.ops.reference.attention; a query with no allowed key gets zeros (the
+reference gives NaN)."""
 from __future__ import annotations
 
 import math
@@ -25,10 +32,11 @@ SPLIT_MAX_SQ = 64  # split-KV path for query blocks up to this length
 
 @triton.jit
 def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, start_ptr, end_ptr, po_ptr, pml_ptr,
-                      Sq, Hkv, GROUP, qk_scale, chunk,
+                      Sq, Hkv, GROUP, qk_scale, chunk, q_start, bk,
                       sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      SPLIT: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+                      SPLIT: tl.constexpr, BLOCK_CAUSAL: tl.constexpr, UPCAST: tl.constexpr,
+                      IEEE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)  # batch x KV head
     b = pid_bh // Hkv
@@ -44,13 +52,19 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, start_ptr, end_ptr, po_ptr, pm
     mmask = offs_r < GROUP * Sq
     h = hk * GROUP + offs_r // Sq  # [BLOCK_M] query head of each row
     offs_m = offs_r % Sq  # its query position
+    if BLOCK_CAUSAL:
+        lim = ((q_start + offs_m) // bk + 1) * bk  # [BLOCK_M] first key past the row's block
+        hi = tl.minimum(hi, tl.max(tl.where(mmask, lim, 0), axis=0))  # skip the tiles above
+        lim = tl.minimum(lim, hi)  # [BLOCK_M] each row's keys: [lo, lim)
     q = tl.load(q_ptr + b.to(tl.int64) * sqb + h[:, None] * sqh + offs_m[:, None] * sqs
                 + offs_d[None, :], mask=mmask[:, None], other=0.0)  # [BLOCK_M, D]
     if UPCAST:
         q = q.to(tl.float32)
     k_base = k_ptr + b.to(tl.int64) * skb + hk * skh
     v_base = v_ptr + b.to(tl.int64) * svb + hk * svh
-    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    # block-causal: a row may have no allowed key in its first tiles; a finite floor keeps
+    # exp2(m_i - m_new) and exp2(s - m_new) at 0 instead of NaN (-inf - -inf)
+    m_i = tl.full((BLOCK_M,), -1.0e30 if BLOCK_CAUSAL else float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, HEAD_DIM), tl.float32)
     n_lo = tl.where(lo < hi, (lo // BLOCK_N) * BLOCK_N, hi)  # aligned tiles, each with a valid key
@@ -68,7 +82,12 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, o_ptr, start_ptr, end_ptr, po_ptr, pm
             s = tl.dot(q, kt, input_precision="ieee")
         else:
             s = tl.dot(q, kt)
-        s = tl.where(nmask[None, :], s * qk_scale, float("-inf"))  # log2 domain
+        if BLOCK_CAUSAL:  # per row: lo <= key < lim (as a difference: `offs_n < lim` made
+            # ptxas spill the fp32 [32 x 128] split tile, a tile-relative form the [32 x 32] one)
+            s = tl.where(nmask[None, :] & (offs_n[None, :] - lim[:, None] < 0),
+                         s * qk_scale, float("-inf"))
+        else:
+            s = tl.where(nmask[None, :], s * qk_scale, float("-inf"))  # log2 domain
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
@@ -149,7 +168,8 @@ def combine_warps(block_m: int, D: int) -> int:
 
 
 def launch_configs():
-    """(dtype, head_dim, split, config) for every choice pick_config / the launcher can make."""
+    """(dtype, head_dim, split, config) for every choice pick_config / the launcher can make
+    (BLOCK_CAUSAL, a constexpr independent of the tiles, doubles each)."""
     out = []
     for dt in (torch.float32, torch.float16, torch.bfloat16):
         for D in HEAD_DIMS:
@@ -176,10 +196,13 @@ def _num_splits(n_programs: int, Skv: int, block_n: int, device: torch.device) -
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_start: torch.Tensor,
-              kv_end: torch.Tensor, *, num_splits: Optional[int] = None) -> torch.Tensor:
+              kv_end: torch.Tensor, *, block_causal: int = 0, q_start: int = 0,
+              num_splits: Optional[int] = None) -> torch.Tensor:
     """q [B, Sq, H, D], k/v [B, Skv, Hkv, D] (H % Hkv == 0, any strides with the last dim
     contiguous), kv_start/kv_end int32 [B] -> out [B, Sq, H, D] in q.dtype: row b attends to keys
-    [start_b, end_b) without a causal mask. num_splits overrides the KV split count (Sq <= 64)."""
+    [start_b, end_b); block_causal = Bk > 0 adds key block <= query block: query m, at key column
+    q_start + m in every row, sees key n only if n // Bk <= (q_start + m) // Bk (0: no causal
+    mask). num_splits overrides the KV split count (Sq <= 64)."""
     if q.dim() != 4 or k.dim() != 4 or v.shape != k.shape:
         raise ValueError(f"expected q [B, Sq, H, D], k/v [B, Skv, Hkv, D]; got q "
                          f"{tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
@@ -202,6 +225,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_start: torch
                              f"{tuple(t.shape)} on {t.device}")
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if block_causal < 0 or q_start < 0:
+        raise ValueError(f"block_causal={block_causal} and q_start={q_start} must be >= 0")
     out = torch.empty((B, Sq, H, D), dtype=q.dtype, device=q.device)
     if B == 0 or Sq == 0:
         return out
@@ -224,10 +249,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_start: torch
     else:
         po = pml = out
     _attention_kernel[(grid_m, B * Hkv, splits)](
-        q, k, v, out, kv_start, kv_end, po, pml, Sq, Hkv, group, qk_scale, chunk,
+        q, k, v, out, kv_start, kv_end, po, pml, Sq, Hkv, group, qk_scale, chunk, q_start,
+        max(block_causal, 1),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, SPLIT=splits > 1,
+        HEAD_DIM=D, BLOCK_M=bm, BLOCK_N=bn, SPLIT=splits > 1, BLOCK_CAUSAL=block_causal > 0,
         UPCAST=interpret, IEEE=q.dtype == torch.float32 or interpret,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if splits > 1:

@@ -128,8 +128,10 @@ def lm_head_variants():
 
 
 def attention_variants():
-    ints = ["Sq", "Hkv", "GROUP", "chunk", "sqb", "sqs", "sqh", "skb", "sks", "skh", "svb", "svs",
-            "svh", "sob", "sos", "soh"]
+    """Every launch configuration, plain and BLOCK_CAUSAL (block diffusion's prefill; SDAR-4B/8B
+    are head_dim 128 with 4:1 GQA, i.e. the packed-row configs of D 128)."""
+    ints = ["Sq", "Hkv", "GROUP", "chunk", "q_start", "bk", "sqb", "sqs", "sqh", "skb", "sks",
+            "skh", "svb", "svs", "svh", "sob", "sos", "soh"]
     seen = set()
     for dt, D, split, cfg in attn_mod.launch_configs():
         t = TY[dt]
@@ -137,10 +139,12 @@ def attention_variants():
                "start_ptr": "*i32", "end_ptr": "*i32",
                "po_ptr": "*fp32" if split else f"*{t}", "pml_ptr": "*fp32" if split else f"*{t}",
                "qk_scale": "fp32", **{n: "i32" for n in ints}}
-        ce = {"HEAD_DIM": D, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"], "SPLIT": split,
-              "UPCAST": False, "IEEE": dt == torch.float32}
-        yield (attn_mod._attention_kernel, sig, ce, cfg["num_warps"], cfg["num_stages"],
-               f"attention {t} {ce} w{cfg['num_warps']} s{cfg['num_stages']}")
+        for causal in (False, True):
+            ce = {"HEAD_DIM": D, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"],
+                  "SPLIT": split, "BLOCK_CAUSAL": causal, "UPCAST": False,
+                  "IEEE": dt == torch.float32}
+            yield (attn_mod._attention_kernel, sig, ce, cfg["num_warps"], cfg["num_stages"],
+                   f"attention {t} {ce} w{cfg['num_warps']} s{cfg['num_stages']}")
         key = (t, D, cfg["BLOCK_M"])
         if split and key not in seen:
             seen.add(key)
@@ -202,14 +206,17 @@ def rope_kv_variants():
     from fastdiff.kernels import rope_kv as mod
     sig = {"qkv_ptr": "*bf16", "pos_ptr": "*i64", "slot_ptr": "*i32", "cos_ptr": "*fp32",
            "sin_ptr": "*fp32", "q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16",
+           "qn_ptr": "*bf16", "kn_ptr": "*bf16", "eps": "fp32",
            **{n: "i32" for n in ("S", "T", "T_kv", "H", "HKV", "stride_qkv_b", "stride_qkv_s",
                                  "stride_pos", "stride_slot", "stride_kb", "stride_kh",
                                  "stride_kt", "stride_vb", "stride_vh", "stride_vt")}}
-    for D, cfg in mod.launch_configs(((32, 32, 128), (28, 4, 128))):
-        ce = {"HALF": D // 2, "BLOCK_HALF": cfg["BLOCK_HALF"], "BLOCK_H": cfg["BLOCK_H"],
-              "BF16_RNE": False}
-        yield (mod._rope_kv_kernel, sig, ce, cfg["num_warps"], cfg["num_stages"],
-               f"rope_kv bf16 {ce} w{cfg['num_warps']}")
+    # LLaDA-8B, Dream-7B, SDAR-4B/8B (32 / 8 heads x 128, QK-norm)
+    for D, cfg in mod.launch_configs(((32, 32, 128), (28, 4, 128), (32, 8, 128))):
+        for qk_norm in (False, True):
+            ce = {"HALF": D // 2, "BLOCK_HALF": cfg["BLOCK_HALF"], "BLOCK_H": cfg["BLOCK_H"],
+                  "QK_NORM": qk_norm, "BF16_RNE": False}
+            yield (mod._rope_kv_kernel, sig, ce, cfg["num_warps"], cfg["num_stages"],
+                   f"rope_kv bf16 {ce} w{cfg['num_warps']}")
 
 
 def silu_mul_variants():

@@ -15,6 +15,13 @@ def test_defaults_are_llada_generate():
 @pytest.mark.parametrize("kwargs, field", [
     (dict(gen_length=100, block_length=32), "gen_length"),
     (dict(gen_length=64, block_length=16, steps=6), "steps"),  # 4 blocks, 6 % 4 != 0
+])
+def test_cross_field_rules_at_resolution(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        GenerationConfig(**kwargs).resolve("llada")
+
+
+@pytest.mark.parametrize("kwargs, field", [
     (dict(temperature=-0.1), "temperature"),
     (dict(cfg_scale=-1.0), "cfg_scale"),
     (dict(remasking="top_p"), "remasking"),

@@ -1,5 +1,5 @@
-"""Attention kernel vs reference.attention (fp64) under the interpreter; bf16 at LLaDA-8B shapes
-on a GPU."""
+"""Attention kernel vs reference.attention (fp64) under the interpreter, plain and block-causal
+(block diffusion's prefill); bf16 at LLaDA-8B and SDAR shapes on a GPU."""
 from __future__ import annotations
 
 import pytest
@@ -114,6 +114,60 @@ def test_strided_q_and_empty_range():
         assert torch.equal(out, torch.zeros_like(out))
 
 
+def _allowed(Sq, Skv, start, end, bk, q_start):
+    """[B, Sq, Skv] bool: key n in [start_b, end_b) and n // bk <= (q_start + m) // bk."""
+    n = torch.arange(Skv)
+    m = q_start + torch.arange(Sq)
+    rng = (n[None] >= start[:, None].long()) & (n[None] < end[:, None].long())  # [B, Skv]
+    return rng[:, None, :] & (n[None, :] // bk <= m[:, None] // bk)[None]
+
+
+BC_CASES = [  # B, Sq, H, Hkv, D, Skv, bk, q_start, starts, splits
+    (2, 70, 4, 1, 32, 70, 4, 0, (0, 8), None),  # prefill, Sq > 64, GQA 4:1, pad a multiple of bk
+    (3, 17, 2, 2, 64, 17, 3, 0, (0, 3, 5), None),  # odd bk, pad 5: a block with no key at all
+    (1, 33, 7, 1, 32, 60, 16, 9, (0,), None),  # 7:1 (packed rows cross heads), q_start > 0
+    (2, 20, 4, 2, 32, 60, 8, 32, (0, 5), 2),  # split-KV, queries at columns 32..51
+    (2, 12, 8, 2, 128, 90, 4, 70, (0, 6), 3),  # SDAR's head dim and GQA, split over a cache
+]
+
+
+@pytest.mark.parametrize("B,Sq,H,Hkv,D,Skv,bk,q_start,starts,splits", BC_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_block_causal_matches_reference(monkeypatch, B, Sq, H, Hkv, D, Skv, bk, q_start,
+                                        starts, splits, dtype):
+    """Key block <= query block on top of the per-row ranges; a query with no allowed key (left
+    padding that is not a multiple of bk) gets zeros; keys past the last query's block are
+    never read (NaN there stays out of the result)."""
+    fwd = count_launches(monkeypatch, at, "_attention_kernel")
+    q, k, v = _qkv(B, Sq, H, Hkv, D, Skv, dtype, seed=Sq + bk)
+    start = torch.tensor(starts, dtype=torch.int32)
+    end = torch.full((B,), Skv, dtype=torch.int32)
+    end[1:] -= 2  # a key range ending inside the last query block
+    expect = ref.attention(q, k, v, start, end, block_causal=bk, q_start=q_start)
+    plain = ref.attention(q, k, v, start, end)
+    past = (q_start + Sq - 1) // bk * bk + bk  # first key column no query may see
+    assert past < Skv or Sq == Skv
+    k[:, past:] = float("nan")  # a suffix after the last block (prefix-cache layout): unread
+    v[:, past:] = float("nan")
+    out = at.attention(q, k, v, start, end, block_causal=bk, q_start=q_start, num_splits=splits)
+    assert fwd.launches == 1 and out.dtype == dtype and out.shape == q.shape
+    some = _allowed(Sq, Skv, start, end, bk, q_start).any(-1)  # [B, Sq]
+    assert_close(out[some], expect[some], TOL[dtype], TOL[dtype], f"block-causal bk={bk}")
+    assert torch.equal(out[~some], torch.zeros_like(out[~some])), "no allowed key: zeros"
+    assert not torch.allclose(plain[some], expect[some], atol=1e-3), "the mask changes nothing"
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_block_causal_wider_than_keys_equals_plain(splits):
+    """A block covering every key is no mask: bit-equal to the plain path (the causal variant
+    changes no arithmetic)."""
+    q, k, v = _qkv(2, 9, 4, 2, 32, 40, torch.float32, seed=4)
+    start, end = _ranges(2, 40, seed=5)
+    plain = at.attention(q, k, v, start, end, num_splits=splits)
+    wide = at.attention(q, k, v, start, end, block_causal=64, q_start=3, num_splits=splits)
+    assert torch.equal(wide, plain)
+
+
 def test_launcher_errors():
     q, k, v = _qkv(1, 2, 2, 1, 32, 8, torch.float32, seed=0)
     s, e = torch.tensor([0], dtype=torch.int32), torch.tensor([8], dtype=torch.int32)
@@ -128,6 +182,10 @@ def test_launcher_errors():
         at.attention(q.transpose(2, 3).contiguous().transpose(2, 3), k, v, s, e)
     with pytest.raises(ValueError, match="share"):
         at.attention(q.half(), k, v, s, e)
+    with pytest.raises(ValueError, match="block_causal"):
+        at.attention(q, k, v, s, e, block_causal=-1)
+    with pytest.raises(ValueError, match="q_start"):
+        at.attention(q, k, v, s, e, block_causal=4, q_start=-2)
 
 
 @pytest.mark.gpu
@@ -148,4 +206,27 @@ def test_gpu_llada_8b_shapes_bf16(B, Sq, Skv):
     err = (out.double() - exact).norm() / exact.norm()
     err_sdpa = (sdpa.double() - exact).norm() / exact.norm()
     assert torch.isfinite(out).all()
+    assert err <= 2 * err_sdpa + 1e-6, f"kernel {err:.3e} vs SDPA {err_sdpa:.3e}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("B,Sq,bk,pad", [(1, 1024, 4, 0), (2, 512, 16, 32), (2, 256, 4, 6)])
+def test_gpu_sdar_block_causal_prefill_bf16(B, Sq, bk, pad):
+    """SDAR-4B/8B attention (32 / 8 heads x 128): the block-causal prefill in bf16, error against
+    fp64 at most 2x SDPA's with the same boolean mask (rows with an allowed key)."""
+    from fastdiff.ops.torch_backend import TorchOps
+    q, k, v = _qkv(B, Sq, 32, 8, 128, Sq, torch.bfloat16, seed=Sq + bk, device="cuda",
+                   pad=(0, 0))
+    start = torch.full((B,), pad, dtype=torch.int32, device="cuda")
+    start[0] = 0
+    end = torch.full((B,), Sq, dtype=torch.int32, device="cuda")
+    kw = dict(block_causal=bk, q_start=0)
+    some = _allowed(Sq, Sq, start.cpu(), end.cpu(), bk, 0).any(-1).cuda()  # [B, Sq]
+    exact = ref.attention(q.double(), k.double(), v.double(), start, end, **kw)[some]
+    out = at.attention(q, k, v, start, end, **kw)
+    sdpa = TorchOps.attention(q, k, v, start, end, **kw)[some]
+    assert torch.isfinite(out).all()
+    err = (out[some].double() - exact).norm() / exact.norm()
+    err_sdpa = (sdpa.double() - exact).norm() / exact.norm()
     assert err <= 2 * err_sdpa + 1e-6, f"kernel {err:.3e} vs SDPA {err_sdpa:.3e}"

@@ -159,7 +159,7 @@ def test_cli_prints_and_writes_json(tiny_dual, tmp_path, monkeypatch, capsys):
     assert data["budget"] == {"per_layer": 10, "outside": 12}
 
 
-@pytest.mark.parametrize("preset", ["llada-8b", "dream-7b"])
+@pytest.mark.parametrize("preset", ["llada-8b", "dream-7b", "sdar-8b"])
 def test_step_meets_the_kernel_budget(preset):
     """Issue 12's budget on the Triton backend in bf16, every cache mode, refresh and cached
     steps, early stop on (its test is one more launch outside the layers): <= 10 launches per
@@ -172,6 +172,12 @@ def test_step_meets_the_kernel_budget(preset):
     reports = count_kernels(cfg, ("none", "prefix", "dual"), prompt_len=8, gen_length=16,
                             steps=2, stop_at_eos=True)
     seen = {}
+    if preset.startswith("sdar"):  # block diffusion: one mode, one phase (QK-norm in RoPE)
+        assert [(r.cache, list(r.phases)) for r in reports] == [("block", ["denoise"])]
+        pc = reports[0].phases["denoise"]
+        assert pc.per_layer_total <= 10 and pc.outside_total <= 12, (dict(pc.per_layer),
+                                                                     dict(pc.outside))
+        return
     for r in reports:
         for phase, pc in r.phases.items():
             seen[(r.cache, phase)] = (pc.per_layer_total, pc.outside_total)

@@ -1,6 +1,6 @@
 """rope_kv kernel vs reference.rope_kv (interpreter on CPU): q and the stored k within a rounding
 step of the dtype, v copied bit-exact, every slot not addressed (slot -1, other layers, other
-rows) left untouched."""
+rows) left untouched; with and without QK-norm (Qwen3 / SDAR: per-head RMSNorm before RoPE)."""
 from __future__ import annotations
 
 import pytest
@@ -40,9 +40,18 @@ def _problem(B, S, H, Hkv, D, T, T_kv, dtype, seed, *, pad=0):
     return qkv, pos, slot, store
 
 
-def _run_and_check(qkv, pos, slot, store, H, Hkv, D, T, what):
+def _norms(D, dtype, seed, device="cpu"):
+    """q_norm, k_norm [D]: distinct positive weights per lane (SDAR's are near 1, some far)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(2, D, generator=g) * 1.5 + 0.25
+    return w[0].to(dtype).to(device), w[1].to(dtype).to(device)
+
+
+def _run_and_check(qkv, pos, slot, store, H, Hkv, D, T, what, norm=None, eps=1e-6):
     cos, sin = _table(T, D, qkv.device)
     kw = dict(n_heads=H, n_kv_heads=Hkv, head_dim=D)
+    if norm is not None:
+        kw.update(q_norm=norm[0], k_norm=norm[1], eps=eps)
     before = store.clone()
     eq, ek, ev = ref.rope_kv(qkv, pos, slot, cos, sin, before[1, 0], before[1, 1], **kw)
     q = rk.rope_kv(qkv, pos, slot, cos, sin, store[1, 0], store[1, 1], **kw)
@@ -59,6 +68,7 @@ def _run_and_check(qkv, pos, slot, store, H, Hkv, D, T, what):
     idx = unwritten[:, None, :].expand(-1, Hkv, -1)  # slot -1 rows and unaddressed slots
     assert_equal(store[1, 0][idx], before[1, 0][idx], f"{what}: k slots not addressed")
     assert_equal(store[1, 1][idx], before[1, 1][idx], f"{what}: v slots not addressed")
+    return q, eq
 
 
 CASES = [  # B, S, H, Hkv, D, T, T_kv
@@ -77,6 +87,65 @@ def test_matches_reference(monkeypatch, dtype, B, S, H, Hkv, D, T, T_kv):
                                      pad=D // 2 if B > 1 else 0)
     _run_and_check(qkv, pos, slot, store, H, Hkv, D, T, f"{dtype} {B, S, H, Hkv, D}")
     assert counter.launches == 1  # q, k and v in one launch
+
+
+NORM_CASES = [  # B, S, H, Hkv, D, T, T_kv
+    (1, 1, 1, 1, 16, 8, 4),      # one head each
+    (2, 5, 4, 1, 32, 40, 9),     # GQA 4:1 (SDAR's ratio), odd S
+    (2, 3, 5, 5, 64, 30, 7),     # odd head count, MHA
+    (3, 2, 7, 1, 128, 17, 6),    # 7:1 at SDAR's head dim: a head tile straddles q | k | v
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("B,S,H,Hkv,D,T,T_kv", NORM_CASES)
+def test_qk_norm_matches_reference(monkeypatch, dtype, B, S, H, Hkv, D, T, T_kv):
+    """QK-norm before RoPE in the same launch: q and the stored k against the fp32 reference
+    (norm and RoPE in fp32, one rounding), v untouched by the norm; strided rows, slot -1."""
+    counter = count_launches(monkeypatch, rk, "_rope_kv_kernel")
+    qkv, pos, slot, store = _problem(B, S, H, Hkv, D, T, T_kv, torch.float32, seed=B + S + D)
+    W, pad = qkv.shape[-1], D // 2 if B > 1 else 0
+    buf = torch.zeros(B, S, W + pad, dtype=dtype)  # row-strided qkv when pad > 0
+    buf[..., :W] = qkv * torch.linspace(0.05, 20.0, W)  # head RMS 0.05 .. 20: the norm matters
+    qkv, store = buf[..., :W], store.to(dtype)
+    assert qkv.is_contiguous() == (pad == 0)
+    norm = _norms(D, dtype, seed=D)
+    q, eq = _run_and_check(qkv, pos, slot, store, H, Hkv, D, T,
+                           f"qk-norm {dtype} {B, S, H, Hkv, D}", norm=norm, eps=1e-5)
+    assert counter.launches == 1  # the norm adds no launch
+    # one rounding at the end, as the reference: a rounding of the normed value before RoPE
+    # would stay within the tolerance but change ~1/3 of the fp16/bf16 values
+    if dtype != torch.float32:
+        assert (q != eq).float().mean() <= 0.02, f"{int((q != eq).sum())} of {q.numel()} differ"
+
+
+def test_qk_norm_is_applied_and_default_unchanged():
+    """The norm changes q and k (the test can fail); without weights the result is bit-equal to
+    the plain RoPE path, and unit weights on unit-RMS heads change nothing beyond rounding."""
+    B, S, H, Hkv, D, T = 2, 3, 4, 2, 32, 12
+    qkv, pos, slot, store = _problem(B, S, H, Hkv, D, T, 5, torch.float32, seed=3)
+    qkv = qkv * 4.0
+    cos, sin = _table(T, D)
+    kw = dict(n_heads=H, n_kv_heads=Hkv, head_dim=D)
+    plain = store.clone()
+    q0 = rk.rope_kv(qkv, pos, slot, cos, sin, plain[1, 0], plain[1, 1], **kw)
+    eq, _, _ = ref.rope_kv(qkv, pos, slot, cos, sin, store[1, 0], store[1, 1], **kw)
+    assert_equal(q0, eq, "no norm: q equals the plain reference")
+    normed = store.clone()
+    qn, kn = _norms(D, torch.float32, seed=1)
+    q1 = rk.rope_kv(qkv, pos, slot, cos, sin, normed[1, 0], normed[1, 1], q_norm=qn, k_norm=kn,
+                    **kw)
+    assert (q1 - q0).abs().max() > 1.0  # RMS 4 -> 1 and the weights: far apart
+    assert (normed[1, 0] - plain[1, 0]).abs().max() > 1.0
+    assert_equal(normed[1, 1], plain[1, 1], "v is not normalized")
+    # unit RMS heads, unit weights: norm is the identity up to rstd's rounding
+    unit = qkv.view(B, S, H + 2 * Hkv, D)
+    unit = unit / unit.pow(2).mean(-1, keepdim=True).sqrt()
+    ones = torch.ones(D)
+    q2 = rk.rope_kv(unit.reshape(B, S, -1), pos, slot, cos, sin, normed[1, 0], normed[1, 1],
+                    q_norm=ones, k_norm=ones, eps=0.0, **kw)
+    q3 = rk.rope_kv(unit.reshape(B, S, -1), pos, slot, cos, sin, plain[1, 0], plain[1, 1], **kw)
+    assert_close(q2, q3, 1e-6, 1e-6, "unit weights on unit-RMS heads")
 
 
 def test_head_tiles_straddle_q_k_v(monkeypatch):
@@ -129,12 +198,22 @@ def test_launcher_errors():
         rk.rope_kv(qkv, pos, slot, cos, sin, torch.zeros(1, 1, 16, 4).transpose(2, 3), v, **kw)
     with pytest.raises(ValueError, match="k_dest must be"):
         rk.rope_kv(qkv, pos, slot, cos, sin, k[:, :, :, :8], v, **kw)
+    w = torch.ones(16)
+    with pytest.raises(ValueError, match="go together"):
+        rk.rope_kv(qkv, pos, slot, cos, sin, k, v, q_norm=w, **kw)
+    with pytest.raises(ValueError, match="go together"):
+        ref.rope_kv(qkv, pos, slot, cos, sin, k, v, k_norm=w, **kw)
+    with pytest.raises(ValueError, match=r"q_norm must be \[16\]"):
+        rk.rope_kv(qkv, pos, slot, cos, sin, k, v, q_norm=w[:8], k_norm=w, **kw)
+    with pytest.raises(ValueError, match="k_norm must be one of"):
+        rk.rope_kv(qkv, pos, slot, cos, sin, k, v, q_norm=w, k_norm=w.half(), **kw)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("H,Hkv", [(32, 32), (28, 4)])  # LLaDA-8B, Dream-7B
-def test_gpu_model_shapes_bf16(H, Hkv):
+@pytest.mark.parametrize("H,Hkv,norm", [(32, 32, False), (28, 4, False), (32, 8, True)])
+def test_gpu_model_shapes_bf16(H, Hkv, norm):  # LLaDA-8B, Dream-7B, SDAR-4B/8B (QK-norm)
     qkv, pos, slot, store = _problem(2, 32, H, Hkv, 128, 512, 256, torch.bfloat16, seed=H)
     _run_and_check(qkv.cuda(), pos.cuda(), slot.cuda(), store.cuda(), H, Hkv, 128, 512,
-                   f"gpu H={H} Hkv={Hkv}")
+                   f"gpu H={H} Hkv={Hkv} norm={norm}",
+                   norm=_norms(128, torch.bfloat16, 0, "cuda") if norm else None)

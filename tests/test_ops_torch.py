@@ -75,6 +75,55 @@ def test_attention_padding_gqa_sq_ne_skv(B, Sq, Skv, H, Hkv, D):
     assert first_mismatch(out, ref.attention(q, k, v, start, end), 1e-5, 1e-4) is None
 
 
+@pytest.mark.parametrize("B, Sq, Skv, H, Hkv, D, bk, q_start", [
+    (2, 13, 13, 4, 1, 16, 4, 0),  # prefill, GQA 4:1
+    (3, 7, 30, 7, 1, 8, 3, 20),  # odd block, q_start > 0, 7:1, a suffix past the block
+    (1, 16, 16, 2, 2, 8, 16, 0)])  # one block: no mask beyond the range
+def test_attention_block_causal(B, Sq, Skv, H, Hkv, D, bk, q_start):
+    g = torch.Generator().manual_seed(Sq * 10 + bk)
+    q = torch.randn(B, Sq, H, D, generator=g)
+    big_k = torch.randn(B, Skv + 3, Hkv, D, generator=g)  # strided (sliced) k/v
+    k, v = big_k[:, 1:Skv + 1], torch.randn(B, Skv, Hkv, D, generator=g)
+    start = torch.tensor([bk * (i % 2) for i in range(B)], dtype=torch.int32)  # aligned padding
+    end = torch.full((B,), Skv, dtype=torch.int32)
+    kw = dict(block_causal=bk, q_start=q_start)
+    out = ops.attention(q, k, v, start, end, **kw)
+    want = ref.attention(q, k, v, start, end, **kw)
+    ok = ~want.isnan().any(-1).any(-1)  # [B, Sq]: queries with an allowed key
+    assert ok.sum() >= B * Sq - bk * (B // 2)
+    assert first_mismatch(out[ok], want[ok], 1e-5, 1e-4) is None
+    if (q_start + Sq) // bk > 0 and bk < Skv:  # the mask does something here
+        assert first_mismatch(out[ok], ref.attention(q, k, v, start, end)[ok], 1e-5, 1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_kv_qk_norm(dtype):
+    """QK-norm (fp32, weight product in fp32) before RoPE, one rounding: the torch backend
+    against the reference; the reference's norm against torch's own rms_norm in fp32."""
+    g = torch.Generator().manual_seed(1)
+    B, S, H, Hkv, D, T, Tkv = 2, 5, 6, 2, 16, 20, 8
+    qkv = (torch.randn(B, S, (H + 2 * Hkv) * D, generator=g) * 5).to(dtype)
+    pos = torch.randint(0, T, (B, S), generator=g)
+    slot = torch.tensor([[0, 2, -1, 4, 5], [1, -1, 3, 0, 6]], dtype=torch.int32)
+    cos, sin = ref.rope_cos_sin(torch.arange(T)[None], D, 1e4)
+    cos, sin = cos[0, :, :D // 2].contiguous(), sin[0, :, :D // 2].contiguous()
+    qn, kn = (torch.rand(2, D, generator=g) + 0.5).to(dtype)
+    store = torch.zeros(2, B, Hkv, Tkv + 1, D, dtype=dtype)  # + the trash slot for slot -1
+    kw = dict(n_heads=H, n_kv_heads=Hkv, head_dim=D, q_norm=qn, k_norm=kn, eps=1e-6)
+    eq, ek, ev = ref.rope_kv(qkv, pos, slot, cos, sin, store[0], store[1], **kw)
+    q = ops.rope_kv(qkv, pos, slot, cos, sin, store[0], store[1], **kw)
+    tol = 1e-6 if dtype == torch.float32 else 8e-3
+    assert first_mismatch(q.float(), eq.float(), tol, tol) is None
+    assert first_mismatch(store[0, :, :, :Tkv].float(), ek[:, :, :Tkv].float(), tol, tol) is None
+    assert torch.equal(store[1, :, :, :Tkv], ev[:, :, :Tkv])
+    x = qkv.view(B, S, H + 2 * Hkv, D)[:, :, :H].float()
+    torch_norm = torch.nn.functional.rms_norm(x, (D,), qn.float(), 1e-6)
+    assert first_mismatch(ref.qk_norm(x, qn, 1e-6), torch_norm, 1e-6, 1e-5) is None
+    with pytest.raises(ValueError, match="go together"):
+        ops.rope_kv(qkv, pos, slot, cos, sin, store[0], store[1], n_heads=H, n_kv_heads=Hkv,
+                    head_dim=D, q_norm=qn)
+
+
 def test_silu_mul():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, 33, generator=g), torch.randn(4, 33, generator=g)

@@ -543,3 +543,37 @@ def test_dream_checkpoint_served_with_its_own_settings(dream_ckpt):
         err = e.value.body if isinstance(e.value.body, dict) else e.value.response.json()["error"]
         assert err["param"] == "remasking" and "dream family" in err["message"]
         valid_request_works(srv.url)
+
+
+# ----------------------------------------------------------------------------- SDAR family
+
+
+def test_sdar_checkpoint_served_with_its_own_settings(tmp_path_factory):
+    """A block-diffusion (SDAR) checkpoint over the OpenAI routes: SDAR's names
+    (denoising_steps, remasking low_confidence_dynamic, threshold, confidence) are extra body
+    fields; answers equal the in-process run; completion_tokens never exceed max_tokens although
+    whole blocks are decoded; `steps` (the total, LLaDA's / Dream's) is a 400 naming it."""
+    from fastdiff import ModelConfig
+    from fastdiff.models import save_random_checkpoint
+    ckpt = save_random_checkpoint(tmp_path_factory.mktemp("sdar") / "sdar-tiny",
+                                  ModelConfig.preset("sdar-tiny"), seed=5, dtype=torch.float32)
+    solo = Engine.from_pretrained(ckpt, device="cpu")
+    for srv in serve(ckpt, max_batch_size=4, max_wait_ms=5):
+        c = OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        for extra in (dict(stop_at_eos=False), dict(remasking="low_confidence_dynamic",
+                                                    threshold=0.5, stop_at_eos=False),
+                      dict(denoising_steps=2, block_length=8, stop_at_eos=False),
+                      dict(temperature=0.9, top_k=30, confidence="filtered")):
+            r = c.completions.create(model=MODEL, prompt="def add(a, b):", max_tokens=7,
+                                     seed=2, extra_body=extra)
+            text, reason, n_prompt, n_done = expected(solo, "def add(a, b):",
+                                                      dict(gen_length=7, **extra), seed=2)
+            assert r.choices[0].text == text, extra
+            assert (r.choices[0].finish_reason, r.usage.prompt_tokens,
+                    r.usage.completion_tokens) == (reason, n_prompt, n_done)
+            assert r.usage.completion_tokens <= 7
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model=MODEL, prompt="x", max_tokens=4, extra_body={"steps": 4})
+        err = e.value.body if isinstance(e.value.body, dict) else e.value.response.json()["error"]
+        assert err["param"] == "steps" and "denoising_steps" in err["message"]
+        valid_request_works(srv.url)

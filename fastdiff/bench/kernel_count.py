@@ -137,20 +137,27 @@ def _triton_hooks(counter: LaunchCounter) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _counted_steps(counter: LaunchCounter, calls: list[Counter]) -> Iterator[None]:
-    """Wrap fastdiff.decoding.loop.step (any signature): each call's launches go to `calls`."""
-    inner = loop.step
+    """Wrap the denoising step functions (fastdiff.decoding.loop.step and the block-diffusion
+    loop's denoise_step, any signature): each call's launches go to `calls`."""
+    from ..decoding import block_diffusion
+    targets = [(loop, "step"), (block_diffusion, "denoise_step")]
+    saved = [(mod, name, getattr(mod, name)) for mod, name in targets]
 
-    def counted_step(*args, **kwargs):
-        with counter.region() as c:
-            out = inner(*args, **kwargs)
-        calls.append(c)
-        return out
+    def wrap(inner):
+        def counted_step(*args, **kwargs):
+            with counter.region() as c:
+                out = inner(*args, **kwargs)
+            calls.append(c)
+            return out
+        return counted_step
 
-    loop.step = counted_step
+    for mod, name, inner in saved:
+        setattr(mod, name, wrap(inner))
     try:
         yield
     finally:
-        loop.step = inner
+        for mod, name, inner in saved:
+            setattr(mod, name, inner)
 
 
 def count_generate(engine, prompt: list[int],
@@ -210,13 +217,15 @@ def split_layers(one: Counter, two: Counter) -> PhaseCount:
                       {k: v for k, v in outside.items() if v})
 
 
-def _by_phase(calls: list[Counter], steps_per_block: int) -> tuple[dict[str, Counter], list[str]]:
-    """The first call of each phase (a block's first step is its refresh), and a note for each
-    later call that differs from its phase's first."""
+def _by_phase(calls: list[Counter], steps_per_block: int,
+              blockwise: bool = False) -> tuple[dict[str, Counter], list[str]]:
+    """The first call of each phase (a block's first step is its refresh; block diffusion has
+    one phase, "denoise": the block against the exact cache), and a note for each later call
+    that differs from its phase's first."""
     first: dict[str, Counter] = {}
     notes = []
     for j, c in enumerate(calls):
-        phase = "refresh" if j % steps_per_block == 0 else "cached"
+        phase = "denoise" if blockwise else "refresh" if j % steps_per_block == 0 else "cached"
         if first.setdefault(phase, c) != c:
             notes.append(f"step call {j} ({phase}): {sum(c.values())} launches, the phase's "
                          f"first call {sum(first[phase].values())}")
@@ -242,10 +251,11 @@ def _count_mode(engines: dict, prompt: list[int], gen: GenerationConfig, warmup:
         if not runs[n][0]:
             raise RuntimeError("no call of fastdiff.decoding.loop.step was seen: the loop must "
                                "call the module-level `step` (looked up at call time)")
-        firsts[n], n_notes = _by_phase(runs[n][0], gen.steps)
+        blockwise = gen.family == "sdar"
+        firsts[n], n_notes = _by_phase(runs[n][0], gen.steps_per_block, blockwise)
         notes += [f"{n} layer(s): {t}" for t in n_notes]
     phases = {ph: split_layers(firsts[1][ph], firsts[2][ph]) for ph in firsts[1]}
-    return Report(gen.cache, phases, {n: [sum(c.values()) for c in r[0]] for n, r in runs.items()},
+    return Report("block" if gen.family == "sdar" else gen.cache, phases, {n: [sum(c.values()) for c in r[0]] for n, r in runs.items()},
                   {n: sum(r[1].values()) for n, r in runs.items()}, settings, tuple(notes))
 
 
@@ -270,9 +280,14 @@ def count_kernels(config: ModelConfig, caches: Sequence[str] = ("none", "prefix"
     settings = dict(backend=backend, dtype=str(dtype).replace("torch.", ""), device=str(device),
                     batch=1, prompt_len=prompt_len, gen_length=gen_length, steps=steps,
                     warmup=warmup, stop_at_eos=stop_at_eos, **shape)
+    if config.attention == "block_causal":  # one mode: the exact block cache
+        gen = GenerationConfig(gen_length=gen_length, block_length=config.block_size or 4,
+                               denoising_steps=steps, seed=0, stop_at_eos=stop_at_eos)
+        return [_count_mode(engines, prompt, gen.resolve("sdar", block_size=config.block_size),
+                            warmup, dict(settings, cache="block"))]
     return [_count_mode(engines, prompt, GenerationConfig(
         gen_length=gen_length, block_length=gen_length, steps=steps, cache=cache, seed=0,
-        stop_at_eos=stop_at_eos),
+        stop_at_eos=stop_at_eos).resolve(config.family),
         warmup, settings) for cache in caches]
 
 

@@ -48,7 +48,8 @@ class Plan:
 
 def default_plan(preset: str, device: torch.device, quick: bool = False) -> Plan:
     """tiny: the CI smoke grid; small: the CPU cache measurement; llada-8b: the GPU grid;
-    dream-*: one Dream row (fastdiff, no cache and dual, the GPU default backend)."""
+    dream-*: one Dream row (fastdiff, no cache and dual, the GPU default backend); sdar-*:
+    block diffusion at block 4 and 16 against the AR baseline."""
     if preset == "tiny":
         grid = [Scenario(b, 16, 32, 8, t) for b in (1, 2) for t in (1, 4)]
         grid += [Scenario(b, 16, 32, 8, None, 0.9) for b in (1, 2)]
@@ -58,6 +59,13 @@ def default_plan(preset: str, device: torch.device, quick: bool = False) -> Plan
                 Scenario(1, 128, 256, 32, 1)]
         return Plan(preset, grid, warmup=1, repeats=3)
     backends = ("torch", "triton") if device.type == "cuda" else ("torch",)
+    if preset.startswith("sdar"):  # block diffusion: tokens per forward forced by the
+        # schedule (block B, B / tokens_per_step denoising steps, no stop: random weights say
+        # nothing about the dynamic rule's parallelism), and the AR baseline of the same size
+        grid = [Scenario(1, 128, 256, 4, 4), Scenario(1, 128, 256, 16, 8),
+                Scenario(1, 128, 256, 4, 1)]
+        return Plan(preset, grid, caches=("none",), backends=backends[-1:],
+                    systems=("fastdiff", "ar_static_cache"), warmup=1, repeats=2)
     if preset.startswith("dream"):  # a second family's row: fastdiff only (the baselines are
         # LLaDA's reference loop and a Llama-shaped AR model), no cache vs dual, 4 tok/step
         grid = [Scenario(1, 128, 256, 32, 4)]
@@ -137,12 +145,20 @@ def run_plan(plan: Plan, *, device: torch.device, dtype: torch.dtype, seed: int 
 
 def _systems(plan: Plan, s: Scenario, engines: dict, model, device, dtype):
     """(system, mode, fn(prompts) -> (tokens, nfe list, fed counter or None)) for a scenario."""
+    blockwise = model.config.attention == "block_causal"
     for (be, graphs), cache in itertools.product(engines, plan.caches):
         if "fastdiff" not in plan.systems:
             break
-        gen = GenerationConfig(gen_length=s.gen_length, block_length=s.block_length,
-                               steps=s.steps if s.tokens_per_step else s.gen_length,
-                               threshold=s.threshold, cache=cache)
+        if blockwise and graphs:
+            continue  # the block-diffusion loop runs eagerly (no graph rows to report)
+        if blockwise:  # the schedule forces tokens per step; no stop (random weights)
+            gen = GenerationConfig(gen_length=s.gen_length, block_length=s.block_length,
+                                   denoising_steps=s.block_length // (s.tokens_per_step or 1),
+                                   stop_at_eos=False)
+        else:
+            gen = GenerationConfig(gen_length=s.gen_length, block_length=s.block_length,
+                                   steps=s.steps if s.tokens_per_step else s.gen_length,
+                                   threshold=s.threshold, cache=cache)
         eng = engines[be, graphs]
 
         def call(prompts, eng=eng, gen=gen):
@@ -191,8 +207,9 @@ def _measure(system, mode, call, s: Scenario, plan: Plan, model, device, bandwid
 
     times = env.timed(once, device, warmup=plan.warmup, repeats=plan.repeats)
     nfe = sum(result["nfe"]) / len(result["nfe"])
+    blockwise = model.config.attention == "block_causal" and system == "fastdiff"
     expected = s.gen_length if system in ("ar_static_cache", "hf_llama_generate") else (
-        s.steps if s.tokens_per_step else None)
+        s.steps if s.tokens_per_step and not blockwise else None)
     fed = result["fed"]
     fed_per_forward = fed.tokens / fed.calls / s.batch if fed and fed.calls else None
     p50 = env.median(times)
@@ -200,7 +217,9 @@ def _measure(system, mode, call, s: Scenario, plan: Plan, model, device, bandwid
     kv_tokens = s.prompt_len + s.gen_length if mode.get("cache") in ("prefix", "dual") else 0
     floor = step_floor_ms(model, kv_tokens * s.batch, bandwidth)
     row = dict(system=system, mode=mode, nfe=nfe, nfe_expected=expected,
-               nfe_note=None if expected is not None else "threshold: nfe of random weights",
+               nfe_note=None if expected is not None else (
+                   "block diffusion: denoising + store + prefill forwards" if blockwise
+                   else "threshold: nfe of random weights"),
                tokens_per_s=s.batch * s.gen_length / p50, latency_p50_s=p50,
                latency_p90_s=env.percentile(times, 0.9), repeats=len(times),
                time_per_forward_ms=per_fwd_ms, tokens_fed_per_forward=fed_per_forward,
@@ -218,11 +237,13 @@ def _add_speedups(rows: list[dict]) -> list[dict]:
     def key(r):
         return (r["batch"], r["prompt_len"], r["gen_length"], r["block_length"])
     ref = {(key(r), r["schedule"]): r["tokens_per_s"] for r in rows if r["system"] == "reference_loop"}
-    ar = {key(r): r["tokens_per_s"] for r in rows if r["system"] == "ar_static_cache"}
+    def ar_key(r):  # an AR model has no blocks
+        return key(r)[:3]
+    ar = {ar_key(r): r["tokens_per_s"] for r in rows if r["system"] == "ar_static_cache"}
     for r in rows:
         same = ref.get((key(r), r["schedule"]))
         one = ref.get((key(r), "1 tok/step"))
-        a = ar.get(key(r))
+        a = ar.get(ar_key(r))
         r["speedup_vs_reference_same_schedule"] = r["tokens_per_s"] / same if same else None
         r["speedup_vs_reference_1tok"] = r["tokens_per_s"] / one if one else None
         r["speedup_vs_ar"] = r["tokens_per_s"] / a if a else None

@@ -22,15 +22,20 @@ class Scorer:
     eot_id: Optional[int]
     suppress_eos: bool
     eos_eot_conf: bool
-    top_p: Optional[float] = None  # Dream's filters (applied to the tempered logits)
+    top_p: Optional[float] = None  # Dream's / SDAR's filters (on the tempered logits)
     top_k: Optional[int] = None
+    filter_order: str = "top_p_first"  # Dream's; SDAR: "top_k_first"
+    conf_filtered: bool = True  # False: SDAR's evaluation confidence (unfiltered p[x0])
 
     @classmethod
     def from_config(cls, gen: GenerationConfig, eos_id: int, eot_id: Optional[int]) -> "Scorer":
         top_p = gen.top_p if gen.top_p is not None and gen.top_p < 1 else None  # 1: no filter
+        sdar = gen.family == "sdar"
         return cls(mode=gen.score, temperature=float(gen.temperature), eos_id=eos_id,
                    eot_id=eot_id, suppress_eos=gen.logits_eos_inf,
-                   eos_eot_conf=gen.confidence_eos_eot_inf, top_p=top_p, top_k=gen.top_k)
+                   eos_eot_conf=gen.confidence_eos_eot_inf, top_p=top_p, top_k=gen.top_k,
+                   filter_order="top_k_first" if sdar else "top_p_first",
+                   conf_filtered=not sdar or gen.confidence == "filtered")
 
     def __call__(self, ops, hidden: torch.Tensor, row_map: torch.Tensor, lm_head: torch.Tensor,
                  state: DecodeState, pos_base: torch.Tensor):
@@ -42,7 +47,8 @@ class Scorer:
                 hidden, row_map, lm_head, mode=self.mode, temperature=self.temperature,
                 top_p=self.top_p, top_k=self.top_k, seed=state.seed, step=state.step,
                 pos_base=pos_base, eos_id=self.eos_id, eot_id=self.eot_id,
-                suppress_eos=self.suppress_eos, eos_eot_conf=self.eos_eot_conf)
+                suppress_eos=self.suppress_eos, eos_eot_conf=self.eos_eot_conf,
+                order=self.filter_order, conf_filtered=self.conf_filtered)
         return ops.lm_head_confidence(
             hidden, row_map, lm_head, mode=self.mode, temperature=self.temperature,
             seed=state.seed, step=state.step, pos_base=pos_base, eos_id=self.eos_id,

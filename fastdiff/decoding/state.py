@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -32,6 +33,9 @@ class DecodeState:
     prompt_len: int  # P: generation starts at column P in every row
     gen_length: int
     mask_id: int
+    # block diffusion: row b's generation starts at column gen_start[b] (its own grid);
+    # None: at prompt_len in every row
+    gen_start: Optional[torch.Tensor] = None
 
     # tensor fields by role: the per-row counters a step changes, with x all that a step writes
     COUNTERS = ("step", "nfe", "active")
@@ -63,8 +67,11 @@ class DecodeState:
         return self.x.shape[0]
 
     def generated(self) -> torch.Tensor:
-        """[B, gen_length] view of the generation region."""
-        return self.x[:, self.prompt_len:]
+        """[B, gen_length] view of the generation region (a gathered copy with gen_start)."""
+        if self.gen_start is None:
+            return self.x[:, self.prompt_len:]
+        cols = self.gen_start[:, None] + torch.arange(self.gen_length, device=self.x.device)
+        return self.x.gather(1, cols)
 
     def live_masks(self, start: int, length: int) -> torch.Tensor:
         """[B, length] bool: still-masked block positions of rows not frozen."""

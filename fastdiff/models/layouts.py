@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import ModelConfig
-from .transformer import BIAS_ROLES, LAYER_ROLES
+from .transformer import BIAS_ROLES, LAYER_ROLES, QK_NORM_ROLES
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,11 @@ class Layout:
     head: str
     layer: dict  # role -> name with {i}
     has_bias: bool = False
+    has_qk_norm: bool = False
 
     def layer_names(self, i: int) -> dict[str, str]:
-        roles = LAYER_ROLES + (BIAS_ROLES if self.has_bias else ())
+        roles = LAYER_ROLES + (BIAS_ROLES if self.has_bias else ()) + \
+            (QK_NORM_ROLES if self.has_qk_norm else ())
         return {role: self.layer[role].format(i=i) for role in roles}
 
     def roles(self, config: ModelConfig) -> dict[str, str]:
@@ -43,7 +45,7 @@ class Layout:
                    "head": (c.embedding_size, d), "attn_norm": (d,), "q_proj": (q, d),
                    "k_proj": (kv, d), "v_proj": (kv, d), "attn_out": (d, q), "ff_norm": (d,),
                    "ff_proj": (m, d), "up_proj": (m, d), "ff_out": (d, m), "q_bias": (q,),
-                   "k_bias": (kv,), "v_bias": (kv,)}
+                   "k_bias": (kv,), "v_bias": (kv,), "q_norm": (hd,), "k_norm": (hd,)}
         return {name: by_role[role] for name, role in self.roles(config).items()}
 
 
@@ -65,7 +67,15 @@ DREAM = Layout(
            "ff_out": _D + "mlp.down_proj.weight", "q_bias": _D + "self_attn.q_proj.bias",
            "k_bias": _D + "self_attn.k_proj.bias", "v_bias": _D + "self_attn.v_proj.bias"})
 
-LAYOUTS = {"llada": LLADA, "dream": DREAM}
+# SDAR (Qwen3 names): no biases, per-head QK-norm
+_QWEN3_LAYER = {role: name for role, name in DREAM.layer.items() if not role.endswith("_bias")}
+SDAR = Layout(
+    family="sdar", embed="model.embed_tokens.weight", final_norm="model.norm.weight",
+    head="lm_head.weight", has_qk_norm=True,
+    layer=dict(_QWEN3_LAYER, q_norm=_D + "self_attn.q_norm.weight",
+               k_norm=_D + "self_attn.k_norm.weight"))
+
+LAYOUTS = {"llada": LLADA, "dream": DREAM, "sdar": SDAR}
 
 
 def layout(config: ModelConfig) -> Layout:

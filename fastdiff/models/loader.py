@@ -76,6 +76,36 @@ def load_weights(path: str | Path, config: ModelConfig, *, device: str | torch.d
     return out
 
 
+def read_config(path: Path) -> ModelConfig:
+    """config.json (+ generation_config.json's stop ids and the tokenizer's mask token where a
+    block-diffusion family needs them) -> ModelConfig. SDAR-8B-Chat's config.json lacks
+    mask_token_id and block_size: the mask comes from tokenizer_config.json's mask_token, the
+    block length defaults to 4 with a warning."""
+    from ..config import SDAR_DEFAULT_BLOCK, detect_family
+    source = path / "config.json"
+    try:
+        with open(source, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{source} is not valid JSON: {e}") from None
+    if detect_family(raw, str(source)) == "sdar":
+        gen_cfg = path / "generation_config.json"
+        if gen_cfg.is_file() and "stop_token_ids" not in raw:
+            with open(gen_cfg, encoding="utf-8") as f:
+                eos = json.load(f).get("eos_token_id")
+            raw["stop_token_ids"] = [eos] if isinstance(eos, int) else list(eos or [])
+        if raw.get("mask_token_id") is None:
+            tok = Tokenizer.from_dir(path)
+            if tok is not None and tok.mask_token and tok.token_to_id(tok.mask_token) is not None:
+                raw["mask_token_id"] = tok.token_to_id(tok.mask_token)
+        if raw.get("block_size") is None:
+            import warnings
+            warnings.warn(f"{source} has no block_size (SDAR-8B-Chat's lacks it): block_length "
+                          f"defaults to {SDAR_DEFAULT_BLOCK}; pass block_length to choose",
+                          stacklevel=3)
+    return ModelConfig.from_dict(raw, source=str(source))
+
+
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32, ops=None) -> Checkpoint:
     """config.json + weights (+ tokenizer when present) -> Checkpoint with a ready model."""
@@ -85,7 +115,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
                                 "folders only; download the model first)")
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path} has no config.json; is it a model checkpoint folder?")
-    config = ModelConfig.from_json(path / "config.json")
+    config = read_config(path)
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"dtype={dtype} is not supported; use torch.float32, float16 or bfloat16")
     weights = load_weights(path, config, device=device, dtype=dtype)

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 EOT_TOKEN = "<|eot_id|>"
 # the chat turn's end token of each family (an extra stop id next to EOS)
-EOT_TOKENS = {"llada": "<|eot_id|>", "dream": "<|im_end|>"}
+EOT_TOKENS = {"llada": "<|eot_id|>", "dream": "<|im_end|>", "sdar": "<|im_end|>"}
 
 
 def _token_str(value) -> Optional[str]:
@@ -30,6 +30,7 @@ class Tokenizer:
         self.chat_template = chat_template
         self.bos_token = bos_token
         self.eot_token_id = tok.token_to_id(eot_token)
+        self.mask_token: Optional[str] = None  # tokenizer_config.json's mask_token
 
     @classmethod
     def from_dir(cls, path: str | Path, eot_token: str = EOT_TOKEN) -> Optional["Tokenizer"]:
@@ -42,7 +43,9 @@ class Tokenizer:
         if (path / "tokenizer_config.json").is_file():
             with open(path / "tokenizer_config.json", encoding="utf-8") as f:
                 cfg = json.load(f)
-        return cls(tok, cfg.get("chat_template"), _token_str(cfg.get("bos_token")), eot_token)
+        out = cls(tok, cfg.get("chat_template"), _token_str(cfg.get("bos_token")), eot_token)
+        out.mask_token = _token_str(cfg.get("mask_token"))
+        return out
 
     def token_to_id(self, token: str) -> Optional[int]:
         return self._tok.token_to_id(token)
@@ -53,7 +56,8 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True,
+                            **template_kwargs) -> str:
         """Render messages with the checkpoint's jinja chat_template (sandboxed, as HF does)."""
         if not self.chat_template:
             raise ValueError("this checkpoint's tokenizer_config.json has no chat_template; "
@@ -69,4 +73,5 @@ class Tokenizer:
         env.globals["raise_exception"] = raise_exception
         template = env.from_string(self.chat_template)
         return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                               **template_kwargs,
                                bos_token=self.bos_token or "")

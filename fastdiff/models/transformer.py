@@ -23,6 +23,7 @@ from ..ops import reference as ref
 LAYER_ROLES = ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm", "ff_proj",
                "up_proj", "ff_out")
 BIAS_ROLES = ("q_bias", "k_bias", "v_bias")
+QK_NORM_ROLES = ("q_norm", "k_norm")  # per-head RMSNorm weights [head_dim] (SDAR)
 
 @dataclass
 class Layer:
@@ -38,6 +39,8 @@ class Layer:
     q_dim: int
     kv_dim: int
     qkv_bias: Optional[torch.Tensor] = None
+    q_norm: Optional[torch.Tensor] = None
+    k_norm: Optional[torch.Tensor] = None
 
     @classmethod
     def from_weights(cls, w: dict[str, torch.Tensor]) -> "Layer":
@@ -49,7 +52,8 @@ class Layer:
                    qkv=torch.cat([w["q_proj"], w["k_proj"], w["v_proj"]]),
                    attn_out=w["attn_out"], ff_norm=w["ff_norm"],
                    gate_up=torch.cat([w["ff_proj"], w["up_proj"]]), ff_out=w["ff_out"],
-                   q_dim=w["q_proj"].shape[0], kv_dim=w["k_proj"].shape[0], qkv_bias=bias)
+                   q_dim=w["q_proj"].shape[0], kv_dim=w["k_proj"].shape[0], qkv_bias=bias,
+                   q_norm=w.get("q_norm"), k_norm=w.get("k_norm"))
 
     def project_qkv(self, n: torch.Tensor) -> torch.Tensor:
         """n [..., d] -> [q | k | v] [..., (H + 2 Hkv) hd]: one GEMM (the bias in its epilogue)."""
@@ -80,7 +84,7 @@ class Layer:
 
     def tensors(self) -> list[torch.Tensor]:
         out = [self.attn_norm, self.qkv, self.attn_out, self.ff_norm, self.gate_up, self.ff_out]
-        return out + ([self.qkv_bias] if self.qkv_bias is not None else [])
+        return out + [t for t in (self.qkv_bias, self.q_norm, self.k_norm) if t is not None]
 
 
 class DLLMModel:
@@ -89,8 +93,6 @@ class DLLMModel:
 
     def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], ops) -> None:
         from .layouts import layout
-        if config.qk_norm:
-            raise ValueError("config has qk_norm=True: QK-norm models are not supported yet")
         self.config = config
         self.ops = ops
         lay = layout(config)
@@ -130,7 +132,8 @@ class DLLMModel:
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_start: torch.Tensor,
                 kv_end: torch.Tensor, *, slot: Optional[torch.Tensor] = None,
                 store: Optional[torch.Tensor] = None, length: Optional[int] = None,
-                rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+                rows: Optional[torch.Tensor] = None, block_causal: int = 0,
+                q_start: int = 0) -> torch.Tensor:
         """input_ids, positions [B, S] int64; row b attends keys [kv_start_b, kv_end_b)
         -> hidden states after ln_f [B, S, d] (or [B, R, d] with rows) in the model dtype.
 
@@ -138,7 +141,9 @@ class DLLMModel:
         `store` [layers, 2, B', Hkv, T, hd] and attention reads slots [0, length); without a
         store they go to a per-layer scratch at slots 0..S-1 (slot=None: those slots).
         rows [B, R] int64 (fed-token indices): only their final hidden states are wanted, so the
-        last layer's attention queries, projections and MLP run on those rows alone."""
+        last layer's attention queries, projections and MLP run on those rows alone.
+        block_causal = Bk > 0 (block diffusion's prefill): the fed token s sits at column
+        q_start + s and attends only to keys of its own and earlier Bk-blocks."""
         cfg, ops = self.config, self.ops
         B, S = input_ids.shape
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -147,6 +152,7 @@ class DLLMModel:
         if store is None:
             length = S
         cos, sin = self.rope_table()
+        attn_kw = dict(block_causal=block_causal, q_start=q_start) if block_causal else {}
         x, delta = self.wte[input_ids], None  # [B, S, d]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -155,14 +161,16 @@ class DLLMModel:
                 kv = torch.empty(2, B, Hkv, S, hd, dtype=x.dtype, device=x.device)
             else:
                 kv = store[i, :, :B]
+            norms = {} if layer.q_norm is None else dict(
+                q_norm=layer.q_norm, k_norm=layer.k_norm, eps=cfg.rms_norm_eps)
             q = ops.rope_kv(layer.project_qkv(n), positions, slot, cos, sin, kv[0], kv[1],
-                            n_heads=H, n_kv_heads=Hkv, head_dim=hd)  # [B, S, H, hd]
+                            n_heads=H, n_kv_heads=Hkv, head_dim=hd, **norms)  # [B, S, H, hd]
             if rows is not None and i == last:
                 q = q.gather(1, rows[:, :, None, None].expand(-1, -1, H, hd))
                 x = x.gather(1, rows[:, :, None].expand(-1, -1, x.shape[-1]))
             k = kv[0, :, :, :length].transpose(1, 2)  # [B, length, Hkv, hd], strided
             v = kv[1, :, :, :length].transpose(1, 2)
-            a = ops.attention(q, k, v, kv_start, kv_end)
+            a = ops.attention(q, k, v, kv_start, kv_end, **attn_kw)
             h = a.reshape(B, q.shape[1], H * hd) @ layer.attn_out.T
             x, m = ops.add_rms_norm(x, h, layer.ff_norm, cfg.rms_norm_eps)
             delta = ops.silu_mul_packed(m @ layer.gate_up.T) @ layer.ff_out.T

@@ -31,6 +31,15 @@ DREAM_CHAT_TEMPLATE = (
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# SDAR (Qwen3 tokenizer): <|MASK|> is the mask; the template's enable_thinking switch
+SDAR_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>")
+SDAR_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}{% endif %}")
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if loop.first %}{{ bos_token }}{% endif %}"
@@ -83,7 +92,7 @@ def random_weights(config: ModelConfig, *, seed: int = 0, dtype: torch.dtype = t
     out = {}
     for stream, (name, role) in enumerate(lay.roles(config).items()):
         shape = shapes[name]
-        if role in ("attn_norm", "ff_norm", "final_norm"):
+        if role in ("attn_norm", "ff_norm", "final_norm", "q_norm", "k_norm"):
             out[name] = torch.ones(shape, dtype=dtype, device=device)
             continue
         t = philox_normal(seed, stream, math.prod(shape), device).view(shape)
@@ -147,8 +156,8 @@ def build_tokenizer(config: ModelConfig, seed: int = 0) -> HFTokenizer:
     V = config.vocab_size
     if V < 256 + 16:
         raise ValueError(f"vocab_size={V} is too small for a byte-level tokenizer (>= 272)")
-    dream = config.family == "dream"
-    specials = DREAM_SPECIALS if dream else SPECIALS
+    dream = config.family in ("dream", "sdar")  # Qwen tokenizers
+    specials = {"dream": DREAM_SPECIALS, "sdar": SDAR_SPECIALS}.get(config.family, SPECIALS)
     base = HFTokenizer(models.BPE())
     base.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=V - len(specials), show_progress=False,
@@ -156,8 +165,11 @@ def build_tokenizer(config: ModelConfig, seed: int = 0) -> HFTokenizer:
     base.train_from_iterator(_corpus(seed=seed), trainer=trainer)
     spec = json.loads(base.to_str())
     trained = sorted(spec["model"]["vocab"].items(), key=lambda kv: kv[1])
-    special_ids = {"<|mask|>" if dream else "<|mdm_mask|>": config.mask_token_id,
-                   "<|endoftext|>": config.eos_token_id}
+    mask = {"dream": "<|mask|>", "sdar": "<|MASK|>"}.get(config.family, "<|mdm_mask|>")
+    special_ids = {mask: config.mask_token_id, "<|endoftext|>": config.eos_token_id}
+    if config.family == "sdar" and config.stop_token_ids and \
+            config.stop_token_ids[0] != config.eos_token_id:
+        special_ids["<|im_end|>"] = config.stop_token_ids[0]  # generation_config's first eos
     free_top = [i for i in range(V - 1, -1, -1) if i not in special_ids.values()]
     for tok in specials:
         if tok not in special_ids:
@@ -203,6 +215,12 @@ def save_random_checkpoint(path: str | Path, config: ModelConfig, *, seed: int =
     weights = random_weights(config, seed=seed, dtype=dtype, eos_rate=eos_rate)
     with open(path / "config.json", "w", encoding="utf-8") as f:
         json.dump(config.to_dict(), f, indent=2)
+    if config.stop_token_ids:  # SDAR: generation_config.json's eos list holds the stop ids
+        with open(path / "generation_config.json", "w", encoding="utf-8") as f:
+            json.dump({"bos_token_id": config.bos_token_id, "eos_token_id":
+                       list(config.stop_token_ids), "pad_token_id": config.pad_token_id,
+                       "do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95}, f,
+                      indent=2)
     names = list(weights)
     if shards == 1:
         save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
@@ -223,6 +241,10 @@ def save_random_checkpoint(path: str | Path, config: ModelConfig, *, seed: int =
         if config.family == "dream":
             tcfg = {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
                     "mask_token": "<|mask|>", "chat_template": DREAM_CHAT_TEMPLATE}
+        elif config.family == "sdar":
+            tcfg = {"bos_token": None, "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                    "mask_token": "<|MASK|>", "add_bos_token": False,
+                    "chat_template": SDAR_CHAT_TEMPLATE}
         else:
             tcfg = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
                     "chat_template": CHAT_TEMPLATE}

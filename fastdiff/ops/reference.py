@@ -45,21 +45,37 @@ def apply_rope(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (tf * cos[:, :, None] + rot * sin[:, :, None]).to(t.dtype)
 
 
+def qk_norm(t: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """t [..., D], weight [D] -> fp32 t * rsqrt(mean(t^2) + eps) * weight: statistics and the
+    weight product in fp32, no rounding (flash-attn's rms_norm_fn before its final cast; Qwen3 /
+    SDAR per-head QK-norm)."""
+    tf = t.float()
+    return tf * torch.rsqrt(tf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+
+
 def rope_kv(qkv: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor, cos: torch.Tensor,
             sin: torch.Tensor, k_dest: torch.Tensor, v_dest: torch.Tensor, *, n_heads: int,
-            n_kv_heads: int, head_dim: int):
+            n_kv_heads: int, head_dim: int, q_norm: Optional[torch.Tensor] = None,
+            k_norm: Optional[torch.Tensor] = None, eps: float = 1e-6):
     """qkv [B, S, (H + 2 Hkv) D] ([q heads | k heads | v heads]), pos [B, S] int (RoPE
     position), slot [B, S] int (KV slot; -1 = not stored), cos/sin fp32 [T, D/2] (angles of
-    positions 0..T-1, one copy of each frequency), k_dest/v_dest [B, Hkv, T_kv, D]
-    -> (q [B, S, H, D] rotated, k, v: copies of k_dest / v_dest with
-    k[b, :, slot[b, s]] = rotated k heads and v[b, :, slot[b, s]] = v heads where slot >= 0)."""
+    positions 0..T-1, one copy of each frequency), k_dest/v_dest [B, Hkv, T_kv, D], q_norm/k_norm
+    [D] or None (both or neither) -> (q [B, S, H, D] rotated, k, v: copies of k_dest / v_dest
+    with k[b, :, slot[b, s]] = rotated k heads and v[b, :, slot[b, s]] = v heads where slot >= 0).
+    With q_norm/k_norm every q / k head is qk_norm'ed (fp32) before RoPE (fp32): one rounding."""
+    if (q_norm is None) != (k_norm is None):
+        raise ValueError("q_norm and k_norm go together: pass both or neither")
     B, S, _ = qkv.shape
     H, Hkv, D = n_heads, n_kv_heads, head_dim
     q, k_new, v_new = qkv.view(B, S, H + 2 * Hkv, D).split([H, Hkv, Hkv], dim=2)
     c = cos[pos.long()]  # [B, S, D/2]
     s = sin[pos.long()]
     c, s = torch.cat([c, c], dim=-1), torch.cat([s, s], dim=-1)  # as rope_cos_sin: [B, S, D]
-    q, k_new = apply_rope(q, c, s), apply_rope(k_new, c, s)
+    if q_norm is not None:
+        q = apply_rope(qk_norm(q, q_norm, eps), c, s).to(qkv.dtype)
+        k_new = apply_rope(qk_norm(k_new, k_norm, eps), c, s).to(qkv.dtype)
+    else:
+        q, k_new = apply_rope(q, c, s), apply_rope(k_new, c, s)
     k, v = k_dest.clone(), v_dest.clone()
     for b in range(B):
         for i in range(S):
@@ -71,9 +87,13 @@ def rope_kv(qkv: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor, cos: torch
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              kv_start: torch.Tensor, kv_end: torch.Tensor) -> torch.Tensor:
-    """Non-causal attention. q [B, Sq, H, D], k/v [B, Skv, Hkv, D] (H % Hkv == 0),
-    kv_start/kv_end [B] int: row b attends to keys [start_b, end_b) -> [B, Sq, H, D] in q.dtype."""
+              kv_start: torch.Tensor, kv_end: torch.Tensor, *, block_causal: int = 0,
+              q_start: int = 0) -> torch.Tensor:
+    """Attention. q [B, Sq, H, D], k/v [B, Skv, Hkv, D] (H % Hkv == 0), kv_start/kv_end [B]
+    int: row b attends to keys [start_b, end_b) -> [B, Sq, H, D] in q.dtype. block_causal = Bk
+    > 0: query m sits at key column q_start + m and also needs n // Bk <= (q_start + m) // Bk
+    (key block <= query block, the grid from column 0); 0: no causal mask. A query with no
+    allowed key gives NaN here (the kernels give zeros)."""
     B, Sq, H, D = q.shape
     rep = H // k.shape[2]
     kf = k.double().repeat_interleave(rep, dim=2)
@@ -81,7 +101,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     scores = torch.einsum("bqhd,bkhd->bhqk", q.double(), kf) / math.sqrt(D)
     j = torch.arange(k.shape[1], device=q.device)
     valid = (j[None] >= kv_start[:, None].long()) & (j[None] < kv_end[:, None].long())  # [B, Skv]
-    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    valid = valid[:, None, :]  # [B, 1 | Sq, Skv]
+    if block_causal > 0:
+        m = q_start + torch.arange(Sq, device=q.device)  # key column of each query
+        valid = valid & (j[None, :] // block_causal <= m[:, None] // block_causal)[None]
+    scores = scores.masked_fill(~valid[:, None], float("-inf"))
     out = torch.einsum("bhqk,bkhd->bqhd", scores.softmax(-1), vf)
     return out.to(q.dtype)
 
@@ -212,23 +236,37 @@ def lm_head_confidence(hidden: torch.Tensor, row_map: torch.Tensor, weight: torc
     return x0, conf.float()
 
 
-def filter_logits(z: torch.Tensor, top_p: Optional[float], top_k: Optional[int]) -> torch.Tensor:
-    """Dream's filters on (tempered) logits z [..., V], in its order (dllm-spec.md section 5):
-    top_p (sorted descending, drop tokens whose cumulative probability before them already
-    exceeds top_p: the first token past the boundary and the top-1 always stay), then top_k
-    (drop tokens below the k-th largest). Dropped logits become the dtype's minimum (not
-    -inf), as Dream does. top_p None or 1 / top_k None: that filter is off."""
-    fill = torch.finfo(z.dtype).min
-    if top_p is not None and top_p < 1:
-        srt, idx = torch.sort(z, dim=-1, descending=True)
-        cum = srt.softmax(-1).cumsum(-1)
-        drop = cum > top_p
-        drop[..., 1:] = drop[..., :-1].clone()
-        drop[..., 0] = False
-        z = z.masked_fill(torch.zeros_like(drop).scatter_(-1, idx, drop), fill)
-    if top_k is not None:
-        k = min(top_k, z.shape[-1])
-        z = z.masked_fill(z < torch.topk(z, k, dim=-1).values[..., -1:], fill)
+def _top_p(z: torch.Tensor, top_p: float, fill: float) -> torch.Tensor:
+    srt, idx = torch.sort(z, dim=-1, descending=True)
+    drop = srt.softmax(-1).cumsum(-1) > top_p
+    drop[..., 1:] = drop[..., :-1].clone()  # the first token past the boundary stays
+    drop[..., 0] = False
+    return z.masked_fill(torch.zeros_like(drop).scatter_(-1, idx, drop), fill)
+
+
+def _top_k(z: torch.Tensor, top_k: int, fill: float) -> torch.Tensor:
+    k = min(top_k, z.shape[-1])
+    return z.masked_fill(z < torch.topk(z, k, dim=-1).values[..., -1:], fill)
+
+
+def filter_logits(z: torch.Tensor, top_p: Optional[float], top_k: Optional[int], *,
+                  order: str = "top_p_first") -> torch.Tensor:
+    """Top-p / top-k filters on (tempered) logits z [..., V]. top_p: sorted descending, drop
+    tokens whose cumulative probability before them already exceeds top_p (the first token
+    past the boundary and the top-1 always stay); top_k: drop tokens below the k-th largest.
+    order "top_p_first": Dream's (dllm-spec.md section 5), dropped logits become the dtype's
+    minimum (not -inf); "top_k_first": SDAR's (section 6), dropped logits become -inf.
+    top_p None or 1 / top_k None or 0: that filter is off."""
+    if order not in ("top_p_first", "top_k_first"):
+        raise ValueError(f"order={order!r}: allowed 'top_p_first', 'top_k_first'")
+    fill = torch.finfo(z.dtype).min if order == "top_p_first" else float("-inf")
+    use_p, use_k = top_p is not None and top_p < 1, bool(top_k)
+    if order == "top_k_first" and use_k:
+        z = _top_k(z, top_k, fill)
+    if use_p:
+        z = _top_p(z, top_p, fill)
+    if order == "top_p_first" and use_k:
+        z = _top_k(z, top_k, fill)
     return z
 
 

@@ -73,16 +73,24 @@ class TorchOps:
     @staticmethod
     def rope_kv(qkv: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, k_dest: torch.Tensor, v_dest: torch.Tensor, *, n_heads: int,
-                n_kv_heads: int, head_dim: int) -> torch.Tensor:
+                n_kv_heads: int, head_dim: int, q_norm: Optional[torch.Tensor] = None,
+                k_norm: Optional[torch.Tensor] = None, eps: float = 1e-6) -> torch.Tensor:
         """qkv [B, S, (H + 2 Hkv) D], pos int64 [B, S], slot int32 [B, S], cos/sin fp32
-        [T, D/2], k_dest/v_dest [B, Hkv, Tkv, D] -> q [B, S, H, D] after RoPE; writes RoPE(k) and
-        v of token s into slot[b, s] of k_dest / v_dest. A slot of -1 goes to the destination's
-        last slot, which a KV store keeps as a never-read trash slot (the Triton kernel skips it)."""
+        [T, D/2], k_dest/v_dest [B, Hkv, Tkv, D], q_norm/k_norm [D] or None -> q [B, S, H, D]
+        after (QK-norm and) RoPE; writes RoPE(k) and v of token s into slot[b, s] of k_dest /
+        v_dest. A slot of -1 goes to the destination's last slot, which a KV store keeps as a
+        never-read trash slot (the Triton kernel skips it). q_norm/k_norm (both or neither):
+        each q / k head is RMS-normalized in fp32 (weight product too) before the fp32 RoPE."""
+        if (q_norm is None) != (k_norm is None):
+            raise ValueError("q_norm and k_norm go together: pass both or neither")
         B, S, _ = qkv.shape
         H, Hkv, D = n_heads, n_kv_heads, head_dim
         t = qkv.view(B, S, H + 2 * Hkv, D)
         c, s = cos[pos][:, :, None], sin[pos][:, :, None]  # [B, S, 1, D/2]
         qk = t[:, :, :H + Hkv].float()
+        if q_norm is not None:
+            w = torch.cat([q_norm.float().expand(H, D), k_norm.float().expand(Hkv, D)])
+            qk = qk * torch.rsqrt(qk.pow(2).mean(-1, keepdim=True) + eps) * w  # [B, S, H+Hkv, D]
         a, b = qk[..., :D // 2], qk[..., D // 2:]
         rot = torch.cat([a * c - b * s, b * c + a * s], dim=-1).to(qkv.dtype)
         T = k_dest.shape[2]
@@ -94,13 +102,20 @@ class TorchOps:
 
     @staticmethod
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  kv_start: torch.Tensor, kv_end: torch.Tensor) -> torch.Tensor:
-        """q [B, Sq, H, D], k/v [B, Skv, Hkv, D], kv_start/kv_end [B] int -> [B, Sq, H, D]."""
+                  kv_start: torch.Tensor, kv_end: torch.Tensor, *, block_causal: int = 0,
+                  q_start: int = 0) -> torch.Tensor:
+        """q [B, Sq, H, D], k/v [B, Skv, Hkv, D], kv_start/kv_end [B] int -> [B, Sq, H, D].
+        block_causal = Bk > 0: query m (key column q_start + m) also needs key block n // Bk <=
+        its own block (one [B, 1, Sq, Skv] boolean mask; the prefill); 0: no causal mask."""
         j = torch.arange(k.shape[1], device=q.device)
         valid = (j[None] >= kv_start[:, None]) & (j[None] < kv_end[:, None])  # [B, Skv]
+        mask = valid[:, None, None, :]
+        if block_causal > 0:
+            m = q_start + torch.arange(q.shape[1], device=q.device)  # [Sq] key column
+            mask = mask & (j[None] // block_causal <= m[:, None] // block_causal)  # [B,1,Sq,Skv]
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=valid[:, None, None, :], enable_gqa=k.shape[2] != q.shape[2])
+            attn_mask=mask, enable_gqa=k.shape[2] != q.shape[2])
         return out.transpose(1, 2)
 
     @staticmethod
@@ -164,12 +179,16 @@ class TorchOps:
                                     top_p: Optional[float], top_k: Optional[int],
                                     seed: torch.Tensor, step: torch.Tensor,
                                     pos_base: torch.Tensor, eos_id: int, eot_id: Optional[int],
-                                    suppress_eos: bool, eos_eot_conf: bool):
+                                    suppress_eos: bool, eos_eot_conf: bool,
+                                    order: str = "top_p_first", conf_filtered: bool = True):
         """lm_head_confidence with Dream's top-p / top-k filters (unfused: the block rows'
         logits [B, Lb, V] are materialized in fp32). z = logits / T (T > 0), filtered
         (reference.filter_logits), p = softmax(z); x0 = argmax(z) at T = 0, else the
         Gumbel-max sample argmax(z + G) (stream 0, as unfiltered); conf by mode from p:
-        maskgit_plus p[x0], maxprob, margin top1 - top2, neg_entropy sum p log p; random U."""
+        maskgit_plus p[x0], maxprob, margin top1 - top2, neg_entropy sum p log p; random U.
+        order "top_p_first" (Dream: top_p then top_k, dtype-minimum fill) or "top_k_first"
+        (SDAR: top_k then top_p, -inf fill); conf_filtered False scores p of the unfiltered
+        tempered distribution (SDAR's evaluation sampler) while x0 is drawn filtered."""
         if mode == "low_confidence":
             raise ValueError("top_p / top_k filter the Dream scores; low_confidence (LLaDA's "
                              "untempered probability) has no filtered form")
@@ -180,7 +199,8 @@ class TorchOps:
         logits = (rows @ weight.T).float()  # [B, Lb, V]
         if suppress_eos:
             logits[..., eos_id] = float("-inf")
-        z = ref.filter_logits(logits / temperature if temperature > 0 else logits, top_p, top_k)
+        zt = logits / temperature if temperature > 0 else logits
+        z = ref.filter_logits(zt, top_p, top_k, order=order)
         pos = pos_base[:, None].long() + torch.arange(Lb, device=dev)[None]  # [B, Lb]
         if temperature == 0:
             x0 = z.argmax(-1)
@@ -191,8 +211,27 @@ class TorchOps:
         if mode == "random":
             conf = ref.uniform(seed[:, None], step[:, None], pos, 0, stream=1)
         else:
-            conf = _tempered_conf(z, x0, mode, 0.0)  # z is already tempered
+            conf = _tempered_conf(z if conf_filtered else zt, x0, mode, 0.0)  # already tempered
         return TorchOps._finish_conf(conf, x0, row_map, eos_id, eot_id, eos_eot_conf)
+
+    @staticmethod
+    def select_dynamic_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
+                              block_start: torch.Tensor, k: torch.Tensor, tau: torch.Tensor,
+                              step: Optional[torch.Tensor] = None,
+                              nfe: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """SDAR's low_confidence_dynamic rule per row: H = finite conf > tau[b] (strict); all
+        of H when |H| >= k[b], else the k[b] highest (lowest index first among ties). x in
+        place; step / nfe +1 for the rows that took part. Returns the commit mask [B, Lb]."""
+        step_torch.count_step(conf, step, nfe)
+        Lb = conf.shape[1]
+        finite = torch.isfinite(conf)
+        above = finite & (conf > tau[:, None])
+        order = torch.sort(conf, dim=1, descending=True, stable=True).indices
+        rank = torch.empty_like(order).scatter_(
+            1, order, torch.arange(Lb, device=conf.device).expand_as(order))
+        top = (rank < k[:, None]) & finite
+        commit = torch.where((above.sum(1) >= k)[:, None], above, top)
+        return _commit(x, x0, commit, block_start)
 
     @staticmethod
     def gumbel_scores(conf: torch.Tensor, alg_temp: float, *, seed: torch.Tensor,

@@ -41,10 +41,13 @@ class TritonOps(TorchOps):
     @staticmethod
     def rope_kv(qkv: torch.Tensor, pos: torch.Tensor, slot: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, k_dest: torch.Tensor, v_dest: torch.Tensor, *, n_heads: int,
-                n_kv_heads: int, head_dim: int) -> torch.Tensor:
-        """RoPE of q and k and the KV-store write of k and v in one launch (slot -1: skipped)."""
+                n_kv_heads: int, head_dim: int, q_norm: Optional[torch.Tensor] = None,
+                k_norm: Optional[torch.Tensor] = None, eps: float = 1e-6) -> torch.Tensor:
+        """(QK-norm +) RoPE of q and k and the KV-store write of k and v in one launch (slot -1:
+        skipped)."""
         return _rope_kv.rope_kv(qkv, pos, slot, cos, sin, k_dest, v_dest, n_heads=n_heads,
-                                n_kv_heads=n_kv_heads, head_dim=head_dim)
+                                n_kv_heads=n_kv_heads, head_dim=head_dim, q_norm=q_norm,
+                                k_norm=k_norm, eps=eps)
 
     @staticmethod
     def silu_mul_packed(gu: torch.Tensor) -> torch.Tensor:
@@ -59,12 +62,16 @@ class TritonOps(TorchOps):
 
     @staticmethod
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  kv_start: torch.Tensor, kv_end: torch.Tensor) -> torch.Tensor:
+                  kv_start: torch.Tensor, kv_end: torch.Tensor, *, block_causal: int = 0,
+                  q_start: int = 0) -> torch.Tensor:
         """q [B, Sq, H, D], k/v [B, Skv, Hkv, D] (strided, last dim contiguous), kv_start/kv_end
-        [B] int32 -> [B, Sq, H, D]. Head dims the kernel lacks go to torch SDPA."""
+        [B] int32 -> [B, Sq, H, D]; block_causal = Bk > 0: key block <= the query's block (query
+        m at column q_start + m). Head dims the kernel lacks go to torch SDPA."""
         if q.shape[-1] not in _attention.HEAD_DIMS:
-            return TorchOps.attention(q, k, v, kv_start, kv_end)
-        return _attention.attention(q, k, v, kv_start, kv_end)
+            return TorchOps.attention(q, k, v, kv_start, kv_end, block_causal=block_causal,
+                                      q_start=q_start)
+        return _attention.attention(q, k, v, kv_start, kv_end, block_causal=block_causal,
+                                    q_start=q_start)
 
     @staticmethod
     def lm_head_confidence(hidden: torch.Tensor, row_map: torch.Tensor, weight: torch.Tensor, *,
