@@ -26,9 +26,12 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 @dataclass
 class Completion:
-    """One prompt's result. token_ids: generated ids cut before the first EOS/EoT; full_ids: all
-    gen_length positions as denoised; text: token_ids decoded without specials (None without a
-    tokenizer); finish_reason: "eos" if an EOS/EoT was generated else "length"; nfe: forwards."""
+    """One prompt's result. token_ids: generated ids cut before the first stop id (EOS/EoT, and
+    for block diffusion the checkpoint's stop ids) and at gen_length; full_ids: all gen_length
+    positions as denoised (block diffusion: the row's generated region up to the end of its last
+    decoded block, possibly longer than gen_length); text: token_ids decoded without specials
+    (None without a tokenizer); finish_reason: "eos" if a stop id was generated before the
+    cut, else "length"; nfe: forward passes (block diffusion: denoising, store and prefill)."""
 
     token_ids: list[int]
     full_ids: list[int]

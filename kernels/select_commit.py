@@ -118,6 +118,8 @@ def _param(value, B: int, dtype: torch.dtype, device, name: str) -> torch.Tensor
     if value.shape != (B,) or value.device != device:
         raise ValueError(f"{name} must be a [B={B}] tensor on {device}, got "
                          f"{tuple(value.shape)} on {value.device}")
+    if B > 1 and value.stride(0) != 1:  # the kernel reads value[b] at ptr + b
+        raise ValueError(f"{name} must be contiguous (stride 1), got stride {value.stride(0)}")
     return value
 
 

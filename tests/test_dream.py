@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from fastdiff.decoding import reference_dream as RD
 from fastdiff.ops import reference as ops_ref
+from stats_checks import chi2
+from ckpt_utils import write_two_shards
 
 PROMPTS = [[5, 77, 300, 12, 9], [640, 3, 81], [11, 12, 13, 14, 15, 16, 17, 18, 200]]
 STREAMS = {"gumbel": 0, "random": 1, "alg": 2}
@@ -275,20 +277,6 @@ def test_same_seed_same_tokens(setup):
     assert [x.full_ids for x in a] != [x.full_ids for x in c]
 
 
-def _chi2(counts, p, n):
-    """counts / p [G, V] over n draws per position -> (Pearson chi-square, degrees of freedom)
-    with tokens of expected count < 5 pooled per position; inf if a draw has p == 0."""
-    if bool(((p == 0) & (counts > 0)).any()):
-        return math.inf, 1
-    stat, df = 0.0, 0
-    for c, q in zip(counts, p):
-        big = q * n >= 5
-        obs = torch.cat([c[big], c[~big].sum()[None]])
-        exp = torch.cat([q[big] * n, (q[~big] * n).sum()[None]])
-        keep = exp > 0
-        stat += float(((obs[keep] - exp[keep]) ** 2 / exp[keep]).sum())
-        df += int(keep.sum()) - 1
-    return stat, df
 
 
 @pytest.mark.slow
@@ -307,9 +295,9 @@ def test_sampling_frequencies_follow_the_filtered_tempered_softmax(setup):
     logits = RD.dream_logits(W, cfg, x, torch.ones_like(x, dtype=torch.bool))[0]
     logits = logits[len(prompt) - 1: -1]  # shifted: position j <- output j - 1
     bound = lambda df: df + 6 * math.sqrt(2 * df)  # noqa: E731
-    stat, df = _chi2(counts, RD.filter_logits(logits, T, None, k).softmax(-1), N)
+    stat, df = chi2(counts, RD.filter_logits(logits, T, None, k).softmax(-1), N)
     assert stat < bound(df), f"chi-square {stat:.1f} over {df} df"
-    wrong, wdf = _chi2(counts, RD.filter_logits(logits, 1.0, None, k).softmax(-1), N)
+    wrong, wdf = chi2(counts, RD.filter_logits(logits, 1.0, None, k).softmax(-1), N)
     assert wrong > bound(wdf), f"no power: {wrong:.1f} over {wdf} df against T=1"
 
 
@@ -434,14 +422,7 @@ def write_dream_7b_like(path, tie=False):
     W = {k: v.to(torch.bfloat16).contiguous() for k, v in W.items()}
     path.mkdir(parents=True)
     (path / "config.json").write_text(json.dumps(cfg, indent=2))
-    names = sorted(W)
-    shards = {"model-00001-of-00002.safetensors": names[::2],
-              "model-00002-of-00002.safetensors": names[1::2]}
-    for fname, group in shards.items():
-        save_file({n: W[n] for n in group}, str(path / fname), metadata={"format": "pt"})
-    index = {"metadata": {"total_size": sum(t.numel() * 2 for t in W.values())},
-             "weight_map": {n: f for f, group in shards.items() for n in group}}
-    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    write_two_shards(path, W)
     return path, W, cfg
 
 

@@ -197,3 +197,15 @@ def test_gpu_select_commit_llada_shapes():
             xx = x.cuda()
             sc.select_commit(xx, x0.cuda(), conf.cuda(), bs.cuda(), **kw)
             assert_equal(xx.cpu(), fn(x, x0, conf, bs, *kw.values()), f"gpu {kw}")
+
+
+def test_launcher_errors_for_a_broadcast_k():
+    """The kernel reads k[b] at k_ptr + b: a broadcast (stride-0) k would give row b the value
+    of row 0 + b elements later, so the launcher refuses it."""
+    from fastdiff.kernels import select_commit as sc
+    x = torch.zeros(3, 8, dtype=torch.int64)
+    conf = torch.rand(3, 4)
+    k = torch.tensor([2]).expand(3)
+    with pytest.raises(ValueError, match="k must be contiguous"):
+        sc.select_commit(x, torch.zeros(3, 4, dtype=torch.int64), conf,
+                         torch.zeros(3, dtype=torch.int32), k=k)

@@ -157,7 +157,7 @@ def decode_blocks(model, ops, canvas: BlockCanvas, req: BlockRequest, *,
     C = canvas.prefill_len
     tails = torch.tensor(canvas.tails(), dtype=torch.int64, device=dev)
     quota = torch.tensor(schedule(B, req.steps), dtype=torch.int64, device=dev)
-    k_rows = quota[:, None].expand(-1, st.batch)  # [steps, batch]: k of step i is a view
+    k_rows = quota[:, None].repeat(1, st.batch)  # [steps, batch]: step i's k, a contiguous row
     taus = None if req.threshold is None else \
         torch.full((st.batch,), req.threshold, dtype=torch.float32, device=dev)
     n_blocks = torch.tensor(canvas.n_blocks, dtype=torch.int64, device=dev)
