@@ -209,3 +209,15 @@ def test_select_topk_commit(k):
     ops.select_topk_commit(got, x0, conf, start, kk)
     assert first_mismatch(got, want) is None
     assert int((got != x).sum()) == sum(min(ki, int(torch.isfinite(c).sum())) for ki, c in zip(k, conf))
+
+
+def test_block_causal_query_without_keys_gets_zeros():
+    """A padding query of a block-padded row sees no key in the prefill: zeros (as the Triton
+    kernel), never SDPA's backend-dependent value, so no NaN can reach a padding slot's K/V."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 8, 2, 16, generator=g) for _ in range(3))
+    start = torch.tensor([0, 4], dtype=torch.int32)  # row 1: columns 0-3 are padding
+    end = torch.full((2,), 8, dtype=torch.int32)
+    out = TorchOps.attention(q, k, v, start, end, block_causal=4, q_start=0)
+    assert torch.equal(out[1, :4], torch.zeros_like(out[1, :4]))
+    assert torch.isfinite(out).all() and out[0, :4].abs().sum() > 0

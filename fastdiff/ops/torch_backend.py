@@ -106,7 +106,10 @@ class TorchOps:
                   q_start: int = 0) -> torch.Tensor:
         """q [B, Sq, H, D], k/v [B, Skv, Hkv, D], kv_start/kv_end [B] int -> [B, Sq, H, D].
         block_causal = Bk > 0: query m (key column q_start + m) also needs key block n // Bk <=
-        its own block (one [B, 1, Sq, Skv] boolean mask; the prefill); 0: no causal mask."""
+        its own block (one [B, 1, Sq, Skv] boolean mask; the prefill); 0: no causal mask. A
+        query with no allowed key gets zeros (as the Triton kernel): SDPA's result for a fully
+        masked row differs by device and backend (zeros on the CPU, NaN in some CUDA kernels),
+        and a NaN written into a padding slot's K/V would poison later masked reads."""
         j = torch.arange(k.shape[1], device=q.device)
         valid = (j[None] >= kv_start[:, None]) & (j[None] < kv_end[:, None])  # [B, Skv]
         mask = valid[:, None, None, :]
@@ -116,6 +119,8 @@ class TorchOps:
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
             attn_mask=mask, enable_gqa=k.shape[2] != q.shape[2])
+        if block_causal > 0:  # the prefill: padding queries of a padded row see no key
+            out = torch.where(mask.any(-1, keepdim=True), out, 0.0)
         return out.transpose(1, 2)
 
     @staticmethod
