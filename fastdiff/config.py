@@ -145,52 +145,44 @@ class ModelConfig:
         return cls(**{k: v for k, v in cfg.items() if k in names and k != "head_dim"},
                    family="llada")
 
-    @classmethod
-    def _from_dream(cls, cfg: dict, source: str) -> "ModelConfig":
-        checks = {"hidden_act": "silu", "use_sliding_window": False, "rope_scaling": None}
+    @staticmethod
+    def _qwen_kwargs(cfg: dict, source: str, arch: str, checks: dict,
+                     required: tuple[str, ...]) -> dict:
+        """ModelConfig keywords from a Qwen-named config.json (Dream: Qwen2, SDAR: Qwen3):
+        architecture checks, required keys, HF's list-valued ids, the families' defaults."""
         for key, want in checks.items():
             if cfg.get(key, want) != want:
                 raise ValueError(f"{source} has {key}={cfg[key]!r}; fastdiff supports only "
-                                 f"{key}={want!r} (the Dream-7B architecture)")
+                                 f"{key}={want!r} (the {arch} architecture)")
         missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                               "intermediate_size", "vocab_size", "mask_token_id",
-                               "eos_token_id") if cfg.get(k) is None]
+                               "intermediate_size", "vocab_size", "eos_token_id") + required
+                   if cfg.get(k) is None]
         if missing:
-            raise ValueError(f"{source} lacks required keys {missing} (Dream / Qwen2 names)")
+            raise ValueError(f"{source} lacks required keys {missing} ({arch}, Qwen names)")
         kw = {field: cfg[key] for key, field in _QWEN_KEYS.items() if cfg.get(key) is not None}
         for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
             if isinstance(kw.get(name), list):  # HF allows a list; the first is the EOS
                 kw[name] = kw[name][0]
-        kw.setdefault("tie_word_embeddings", False)
-        kw.setdefault("rope_theta", 10000.0)
-        kw.setdefault("rms_norm_eps", 1e-6)
-        kw.setdefault("max_sequence_length", 32768)
+        for key, value in (("tie_word_embeddings", False), ("rope_theta", 10000.0),
+                           ("rms_norm_eps", 1e-6), ("max_sequence_length", 32768)):
+            kw.setdefault(key, value)
+        return kw
+
+    @classmethod
+    def _from_dream(cls, cfg: dict, source: str) -> "ModelConfig":
+        kw = cls._qwen_kwargs(cfg, source, "Dream-7B", {"hidden_act": "silu",
+                              "use_sliding_window": False, "rope_scaling": None},
+                              ("mask_token_id",))
         return cls(**kw, family="dream", qkv_bias=True, shift_logits=True)
 
     @classmethod
     def _from_sdar(cls, cfg: dict, source: str) -> "ModelConfig":
-        checks = {"hidden_act": "silu", "use_sliding_window": False, "rope_scaling": None,
-                  "attention_bias": False}
-        for key, want in checks.items():
-            if cfg.get(key, want) != want:
-                raise ValueError(f"{source} has {key}={cfg[key]!r}; fastdiff supports only "
-                                 f"{key}={want!r} (the SDAR dense architecture)")
-        missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                               "intermediate_size", "vocab_size", "eos_token_id")
-                   if cfg.get(k) is None]
-        if cfg.get("mask_token_id") is None:
-            missing.append("mask_token_id (config.json or the tokenizer's mask_token)")
-        if missing:
-            raise ValueError(f"{source} lacks required keys {missing} (SDAR / Qwen3 names)")
-        kw = {field: cfg[key] for key, field in _QWEN_KEYS.items() if cfg.get(key) is not None}
-        for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
-            if isinstance(kw.get(name), list):
-                kw[name] = kw[name][0]
-        kw.setdefault("tie_word_embeddings", False)
+        required = () if cfg.get("mask_token_id") is not None else \
+            ("mask_token_id (config.json or the tokenizer's mask_token)",)
+        kw = cls._qwen_kwargs(cfg, source, "SDAR dense", {"hidden_act": "silu",
+                              "use_sliding_window": False, "rope_scaling": None,
+                              "attention_bias": False}, required)
         kw.setdefault("head_dim", 128)  # SDARConfig's default; published configs state it
-        kw.setdefault("rope_theta", 10000.0)
-        kw.setdefault("rms_norm_eps", 1e-6)
-        kw.setdefault("max_sequence_length", 32768)
         return cls(**kw, family="sdar", qk_norm=True, attention="block_causal",
                    block_size=cfg.get("block_size"),
                    stop_token_ids=tuple(cfg.get("stop_token_ids") or ()))
@@ -202,29 +194,25 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         """The config.json of this model in its family's published layout."""
-        if self.family == "sdar":
+        if self.family in ("sdar", "dream"):
             d = {key: getattr(self, field) for key, field in _QWEN_KEYS.items()}
             if d["bos_token_id"] is None:
                 d.pop("bos_token_id")
-            d.update(model_type="sdar", architectures=["SDARForCausalLM"], hidden_act="silu",
-                     use_sliding_window=False, rope_scaling=None, attention_bias=False,
-                     torch_dtype="bfloat16",
-                     auto_map={"AutoConfig": "configuration_sdar.SDARConfig",
-                               "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"})
-            if self.block_size is not None:
-                d["block_size"] = self.block_size
-            return d
-        if self.family == "dream":
-            d = {key: getattr(self, field) for key, field in _QWEN_KEYS.items()}
-            if d["bos_token_id"] is None:
-                d.pop("bos_token_id")
-            d.update(model_type="Dream", architectures=["DreamModel"], hidden_act="silu",
-                     use_sliding_window=False, sliding_window=None, rope_scaling=None,
-                     torch_dtype="bfloat16",
-                     auto_map={"AutoConfig": "configuration_dream.DreamConfig",
-                               "AutoModel": "modeling_dream.DreamModel"})
-            if self.head_dim == self.d_model // self.n_heads:
-                d.pop("head_dim")
+            d.update(hidden_act="silu", use_sliding_window=False, rope_scaling=None,
+                     torch_dtype="bfloat16")
+            if self.family == "sdar":
+                d.update(model_type="sdar", architectures=["SDARForCausalLM"],
+                         attention_bias=False,
+                         auto_map={"AutoConfig": "configuration_sdar.SDARConfig",
+                                   "AutoModelForCausalLM": "modeling_sdar.SDARForCausalLM"})
+                if self.block_size is not None:
+                    d["block_size"] = self.block_size
+            else:
+                d.update(model_type="Dream", architectures=["DreamModel"], sliding_window=None,
+                         auto_map={"AutoConfig": "configuration_dream.DreamConfig",
+                                   "AutoModel": "modeling_dream.DreamModel"})
+                if self.head_dim == self.d_model // self.n_heads:
+                    d.pop("head_dim")
             return d
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
              if f.name not in ("family", "head_dim", "qkv_bias", "qk_norm",

@@ -177,15 +177,7 @@ class Engine:
         """The one loop, eager or as captured CUDA graphs (same tokens either way). With an
         on_step callback the loop runs eagerly (the host calls back between steps)."""
         if not self.graphs or on_step is not None:
-            hook = None
-            if on_step is not None:
-                run, Lb = Run(state, self.config.mask_token_id), gen.block_length
-                last = gen.max_steps_per_block
-
-                def hook(st: DecodeState, block: int, i: int) -> None:
-                    if interval == "step" or i + 1 >= last or not bool(
-                            st.live_masks(st.prompt_len + block * Lb, Lb).any()):
-                        on_step(run, block, i)
+            hook = self._step_hook(state, gen, on_step, interval)
             denoise(self.model, self.ops, state,
                     self._request(gen, state.batch, state.x.shape[1]), on_step=hook)
             return
@@ -333,7 +325,23 @@ class Engine:
                                          pad_id=self.config.pad_token_id,
                                          seeds=row_seeds, device=self.model.device)
         self._decode(state, gen, on_step, stream_interval)
-        return self._completions(state)
+        return self._completions(state.generated().tolist(), state.nfe.tolist(),
+                                 self.stop_ids(gen), gen.gen_length)
+
+    def _step_hook(self, state: DecodeState, gen: GenerationConfig,
+                   on_step: Optional[StepCallback], interval: str):
+        """The loop's per-step callback for on_step: every step ("step"), or when a block is
+        complete or took its last step ("block"; one host read per step)."""
+        if on_step is None:
+            return None
+        run, Lb, last = Run(state, self.config.mask_token_id), gen.block_length, \
+            gen.max_steps_per_block
+
+        def hook(st: DecodeState, block: int, i: int) -> None:
+            if interval == "step" or i + 1 >= last or not bool(
+                    st.live_masks(st.prompt_len + block * Lb, Lb).any()):
+                on_step(run, block, i)
+        return hook
 
     @property
     def _blockwise(self) -> bool:
@@ -369,24 +377,9 @@ class Engine:
         req = BlockRequest(scorer=Scorer.from_config(gen, c.eos_token_id, self.eot_id),
                            rule=gen.rule, steps=gen.denoising_steps, threshold=gen.threshold,
                            stop_ids=stop_t, store=self.kv_store(st.batch, st.x.shape[1]))
-        hook = None
-        if on_step is not None:
-            run = Run(st, c.mask_token_id)
-
-            def hook(s: DecodeState, block: int, i: int) -> None:
-                bs = s.prompt_len + block * B
-                if interval == "step" or i + 1 >= gen.denoising_steps or not bool(
-                        ((s.x[:, bs:bs + B] == s.mask_id) & s.active[:, None]).any()):
-                    on_step(run, block, i)
+        hook = self._step_hook(st, gen, on_step, interval)
         decode_blocks(self.model, self.ops, canvas, req, on_step=hook)
-        stop_set, G = set(stops), gen.gen_length
-        out = []
-        for row, n in zip(canvas.full_ids(), st.nfe.tolist()):
-            cut = next((j for j, t in enumerate(row[:G]) if t in stop_set), None)
-            toks = row[:G] if cut is None else row[:cut]
-            text = self.tokenizer.decode(toks) if self.tokenizer is not None else None
-            out.append(Completion(toks, row, text, "eos" if cut is not None else "length", n))
-        return out
+        return self._completions(canvas.full_ids(), st.nfe.tolist(), stops, gen.gen_length)
 
     def _request(self, gen: GenerationConfig, batch: int = 0, length: int = 0) -> Request:
         """The request's resolved strategies; with a KV cache, a store holding batch rows of
@@ -396,22 +389,22 @@ class Engine:
         eos = self.config.eos_token_id
         stop_ids = None
         if gen.stop_at_eos:
-            ids = [eos] + ([self.eot_id] if self.eot_id is not None else [])
-            stop_ids = torch.tensor(ids, dtype=torch.int64, device=self.model.device)
+            stop_ids = torch.tensor(self.stop_ids(gen), dtype=torch.int64,
+                                    device=self.model.device)
         return Request(scorer=Scorer.from_config(gen, eos, self.eot_id), policy=make_policy(gen),
                        strategy=strategy,
                        store=self.kv_store(batch, length) if strategy.needs_store else None,
                        block_length=gen.block_length, cfg_scale=float(gen.cfg_scale),
                        stop_ids=stop_ids, eos_id=eos, shift=int(self.config.shift_logits))
 
-    def _completions(self, state: DecodeState) -> list[Completion]:
-        full = state.generated().tolist()  # device-to-host copies, after the loop only
-        nfe = state.nfe.tolist()
-        stops = {self.config.eos_token_id} | ({self.eot_id} if self.eot_id is not None else set())
-        out = []
+    def _completions(self, full: list[list[int]], nfe: list[int], stops: list[int],
+                     gen_length: int) -> list[Completion]:
+        """Host rows (after the loop) -> Completions: token_ids cut before the first stop id
+        and at gen_length."""
+        stop_set, out = set(stops), []
         for row, n in zip(full, nfe):
-            cut = next((j for j, t in enumerate(row) if t in stops), None)
-            toks = row if cut is None else row[:cut]
+            cut = next((j for j, t in enumerate(row[:gen_length]) if t in stop_set), None)
+            toks = row[:gen_length] if cut is None else row[:cut]
             text = self.tokenizer.decode(toks) if self.tokenizer is not None else None
             out.append(Completion(toks, row, text, "eos" if cut is not None else "length", n))
         return out

@@ -29,6 +29,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules whose tests compute in a worker thread (the serving engine) and the test
+    thread at once: one intra-op thread each (`pytestmark = usefixtures(...)`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
     """Writer checkpoint: tiny preset (MASK 1020, EOS 1017), 2 bf16 shards + index, tokenizer;

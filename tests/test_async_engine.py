@@ -3,19 +3,12 @@ overload, and errors that fail one request without stopping the worker."""
 import asyncio
 
 import pytest
-import torch
 
 from fastdiff import AsyncEngine, Engine
 from fastdiff.serving import ContextLengthError, OverloadedError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The worker thread and the test thread compute at once: one intra-op thread each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,7 @@ MSGS = [{"role": "system", "content": "Answer briefly."},
         {"role": "user", "content": "What does a diffusion model do?"}]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Server worker, uvicorn and the test compute at once: one intra-op thread each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def serve(ckpt, **engine_kw):
@@ -515,6 +509,19 @@ def dream_ckpt(tmp_path_factory):
                                   ModelConfig.preset("dream-tiny"), seed=3, dtype=torch.float32)
 
 
+def answers_like_solo(client, solo, extra, *, max_tokens, seed):
+    """One completion with family settings as extra body fields; it must equal the in-process
+    single run (text, finish_reason, usage). Returns the response."""
+    r = client.completions.create(model=MODEL, prompt="def add(a, b):", max_tokens=max_tokens,
+                                  seed=seed, extra_body=extra)
+    text, reason, n_prompt, n_done = expected(solo, "def add(a, b):",
+                                              dict(gen_length=max_tokens, **extra), seed=seed)
+    assert r.choices[0].text == text, extra
+    assert (r.choices[0].finish_reason, r.usage.prompt_tokens,
+            r.usage.completion_tokens) == (reason, n_prompt, n_done)
+    return r
+
+
 def test_dream_checkpoint_served_with_its_own_settings(dream_ckpt):
     """A Dream checkpoint over the OpenAI routes: Dream's names (alg, alg_temp, top_p, top_k,
     steps) are extra body fields validated for the family, answers equal the in-process run,
@@ -525,13 +532,7 @@ def test_dream_checkpoint_served_with_its_own_settings(dream_ckpt):
         cases = [dict(alg="entropy"), dict(alg="topk_margin", top_p=0.9, top_k=40, steps=8),
                  dict(alg="maskgit_plus", alg_temp=0.5, temperature=0.7)]
         for extra in cases:
-            r = c.completions.create(model=MODEL, prompt="def add(a, b):", max_tokens=16,
-                                     seed=5, extra_body=extra)
-            text, reason, n_prompt, n_done = expected(solo, "def add(a, b):",
-                                                      dict(gen_length=16, **extra), seed=5)
-            assert r.choices[0].text == text, extra
-            assert (r.choices[0].finish_reason, r.usage.prompt_tokens,
-                    r.usage.completion_tokens) == (reason, n_prompt, n_done)
+            answers_like_solo(c, solo, extra, max_tokens=16, seed=5)
         chat = c.chat.completions.create(model=MODEL, messages=MSGS, max_tokens=8, seed=1)
         msgs = solo.encode(MSGS)
         assert chat.usage.prompt_tokens == len(msgs)
@@ -540,7 +541,7 @@ def test_dream_checkpoint_served_with_its_own_settings(dream_ckpt):
             c.completions.create(model=MODEL, prompt="x", max_tokens=4,
                                  extra_body={"remasking": "random"})
         assert e.value.status_code == 400
-        err = e.value.body if isinstance(e.value.body, dict) else e.value.response.json()["error"]
+        err = e.value.response.json()["error"]
         assert err["param"] == "remasking" and "dream family" in err["message"]
         valid_request_works(srv.url)
 
@@ -564,16 +565,10 @@ def test_sdar_checkpoint_served_with_its_own_settings(tmp_path_factory):
                                                     threshold=0.5, stop_at_eos=False),
                       dict(denoising_steps=2, block_length=8, stop_at_eos=False),
                       dict(temperature=0.9, top_k=30, confidence="filtered")):
-            r = c.completions.create(model=MODEL, prompt="def add(a, b):", max_tokens=7,
-                                     seed=2, extra_body=extra)
-            text, reason, n_prompt, n_done = expected(solo, "def add(a, b):",
-                                                      dict(gen_length=7, **extra), seed=2)
-            assert r.choices[0].text == text, extra
-            assert (r.choices[0].finish_reason, r.usage.prompt_tokens,
-                    r.usage.completion_tokens) == (reason, n_prompt, n_done)
+            r = answers_like_solo(c, solo, extra, max_tokens=7, seed=2)
             assert r.usage.completion_tokens <= 7
         with pytest.raises(openai.BadRequestError) as e:
             c.completions.create(model=MODEL, prompt="x", max_tokens=4, extra_body={"steps": 4})
-        err = e.value.body if isinstance(e.value.body, dict) else e.value.response.json()["error"]
+        err = e.value.response.json()["error"]
         assert err["param"] == "steps" and "denoising_steps" in err["message"]
         valid_request_works(srv.url)

@@ -61,26 +61,10 @@ class BlockCanvas:
         C = max(full)
         pads = [C - f for f in full]
         n_blocks = [math.ceil((P + gen_length) / B) - f // B for P, f in zip(lens, full)]
-        L = C + max(n_blocks) * B
-        rows = [[pad_id] * pad + list(p) + [mask_id] * (L - pad - len(p))
-                for p, pad in zip(prompts, pads)]
-        x = torch.tensor(rows, dtype=torch.int64)
-        pad_t = torch.tensor(pads, dtype=torch.int64)
-        positions = (torch.arange(L)[None] - pad_t[:, None]).clamp(min=0)
-        n = len(prompts)
-        state = DecodeState(
-            x=x.to(device), positions=positions.to(device),
-            kv_start=pad_t.to(torch.int32).to(device),
-            kv_end=torch.full((n,), L, dtype=torch.int32, device=device),
-            seed=torch.tensor(seeds, dtype=torch.int64, device=device),
-            step=torch.zeros(n, dtype=torch.int64, device=device),
-            nfe=torch.zeros(n, dtype=torch.int32, device=device),
-            active=torch.ones(n, dtype=torch.bool, device=device),
-            cancel=torch.zeros(n, dtype=torch.bool, device=device),
-            m0=torch.zeros(n, dtype=torch.int64, device=device),
-            prompt_len=C, gen_length=gen_length, mask_id=mask_id,
-            gen_start=torch.tensor([pad + P for pad, P in zip(pads, lens)], dtype=torch.int64,
-                                   device=device))
+        state = DecodeState.from_padded(
+            prompts, pads, C + max(n_blocks) * B, mask_id=mask_id, pad_id=pad_id, seeds=seeds,
+            device=device, prompt_len=C, gen_length=gen_length,
+            gen_start=[pad + P for pad, P in zip(pads, lens)])
         return cls(state, B, lens, pads, n_blocks, gen_length)
 
     @property
@@ -119,25 +103,36 @@ def _prepare(state: DecodeState, bs: int, B: int, pos_base: torch.Tensor, k: tor
     return prep._replace(pos_base=pos_base, k=k)
 
 
-def _forward(model, state: DecodeState, store, lo: int, hi: int, *, block_causal: int = 0,
-             kv_start: Optional[torch.Tensor] = None, rows_of=None):
-    """Columns [lo, hi) through the model, their K/V written into their slots; attention over
-    store slots [kv_start_b, hi) (block_causal: key block <= query block)."""
-    ids, pos = state.x[:, lo:hi], state.positions[:, lo:hi]
-    slot = torch.arange(lo, hi, dtype=torch.int32, device=ids.device).expand(ids.shape)
-    end = torch.full_like(state.kv_start, hi)
-    return model.forward(ids, pos, state.kv_start if kv_start is None else kv_start, end,
-                         slot=slot, store=store.data, length=hi, block_causal=block_causal,
-                         q_start=lo)
+class Span:
+    """Canvas columns [lo, hi) fed to the model: their KV slots and the keys' end, built once
+    per span (a block's steps and its store forward share them)."""
+
+    def __init__(self, state: DecodeState, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+        self.slot = torch.arange(lo, hi, dtype=torch.int32,
+                                 device=state.x.device).expand(state.batch, hi - lo)
+        self.end = torch.full_like(state.kv_start, hi)
 
 
-def denoise_step(model, ops, st: DecodeState, req: BlockRequest, bs: int, B: int,
+def _forward(model, state: DecodeState, store, span: Span, *, block_causal: int = 0,
+             kv_start: Optional[torch.Tensor] = None):
+    """The span's columns through the model, their K/V written into their slots; attention
+    over store slots [kv_start_b, hi) (block_causal: key block <= query block)."""
+    lo, hi = span.lo, span.hi
+    return model.forward(state.x[:, lo:hi], state.positions[:, lo:hi],
+                         state.kv_start if kv_start is None else kv_start, span.end,
+                         slot=span.slot, store=store.data, length=hi,
+                         block_causal=block_causal, q_start=lo)
+
+
+def denoise_step(model, ops, st: DecodeState, req: BlockRequest, span: Span,
                  pos_base: torch.Tensor, k: torch.Tensor, taus: Optional[torch.Tensor],
                  lm_head: torch.Tensor) -> None:
-    """One denoising step of the block at column bs: prepare, the block's forward against the
-    cache, the fused LM head + confidence, commit by the request's rule. Device work only."""
-    prep = _prepare(st, bs, B, pos_base, k, ops)
-    hidden = _forward(model, st, req.store, bs, bs + B)
+    """One denoising step of the block `span`: prepare, the block's forward against the cache,
+    the fused LM head + confidence, commit by the request's rule. Device work only."""
+    B = span.hi - span.lo
+    prep = _prepare(st, span.lo, B, pos_base, k, ops)
+    hidden = _forward(model, st, req.store, span)
     x0, conf = req.scorer(ops, hidden, prep.row_map, lm_head, st, prep.pos_base)
     if req.rule == "dynamic":
         ops.select_dynamic_commit(st.x, x0, conf, prep.block_start, prep.k, taus,
@@ -165,30 +160,29 @@ def decode_blocks(model, ops, canvas: BlockCanvas, req: BlockRequest, *,
     if C > 0:  # the prompt blocks, block-causally; rows without one attend to their padding
         has_prompt = st.kv_start < C
         start = torch.where(has_prompt, st.kv_start, 0)
-        _forward(model, st, req.store, 0, C, block_causal=B, kv_start=start)
+        _forward(model, st, req.store, Span(st, 0, C), block_causal=B, kv_start=start)
         st.nfe += has_prompt.to(st.nfe.dtype)
     lm_head = model.lm_head[: model.config.vocab_size]
     for blk in range(max(canvas.n_blocks)):
         bs = C + blk * B
         pos_base = (bs - C) - tails  # the block's first position within each row's generation
+        span = Span(st, bs, bs + B)
         for i in range(req.steps):
-            st.active &= ~st.cancel
-            live = (st.x[:, bs:bs + B] == st.mask_id) & st.active[:, None]
-            if not bool(live.any()):  # every row's block is complete (a host read per step)
-                break
+            if not bool(st.live_masks(bs, B).any()):  # the block is complete in every row
+                break  # (a host read per step; the prepare op freezes cancelled rows)
             # a module-level name looked up per call: the kernel counter wraps it
-            denoise_step(model, ops, st, req, bs, B, pos_base, k_rows[i], taus, lm_head)
+            denoise_step(model, ops, st, req, span, pos_base, k_rows[i], taus, lm_head)
             if on_step is not None:
                 on_step(st, blk, i)
         # the store forward of the finished block (rows still decoding it)
         st.active &= ~st.cancel
-        _forward(model, st, req.store, bs, bs + B)
+        _forward(model, st, req.store, span)
         st.nfe += st.active.to(st.nfe.dtype)
         canvas.decoded += st.active.to(canvas.decoded.dtype)
         done = n_blocks <= blk + 1
-        if req.stop_ids is not None:
-            cols = torch.arange(bs + B, device=dev)[None]
-            gen = (cols >= st.gen_start[:, None]) & torch.isin(st.x[:, :bs + B], req.stop_ids)
+        if req.stop_ids is not None:  # earlier blocks were checked when they finished
+            cols = span.slot.to(torch.int64)
+            gen = (cols >= st.gen_start[:, None]) & torch.isin(st.x[:, bs:bs + B], req.stop_ids)
             done = done | gen.any(1)
         st.active &= ~done
         if not bool(st.active.any()):  # a host read per block

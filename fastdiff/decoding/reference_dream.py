@@ -22,16 +22,9 @@ import math
 
 import torch
 
+from .reference import rms_norm, rotate_half  # section 2's RMSNorm and RoPE, the same formulas
+
 M = "model."
-
-
-def rms_norm(x, w, eps):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
-
-
-def rotate_half(t):
-    a, b = t.chunk(2, dim=-1)
-    return torch.cat([-b, a], dim=-1)
 
 
 def _dims(cfg):

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from .reference_dream import rms_norm, rotate_half  # the same two formulas (Qwen RMSNorm, RoPE)
+from .reference import rms_norm, rotate_half  # section 2's RMSNorm and RoPE, the same formulas
 
 M = "model."
 REMASKING = ("low_confidence_static", "low_confidence_dynamic", "sequential")

@@ -45,22 +45,34 @@ class DecodeState:
     @classmethod
     def from_prompts(cls, prompts: list[list[int]], gen_length: int, *, mask_id: int, pad_id: int,
                      seeds: list[int], device: torch.device) -> "DecodeState":
-        B, P = len(prompts), max(len(p) for p in prompts)
-        L = P + gen_length
-        rows = [[pad_id] * (P - len(p)) + list(p) + [mask_id] * gen_length for p in prompts]
-        pads = torch.tensor([P - len(p) for p in prompts], dtype=torch.int32)
-        x = torch.tensor(rows, dtype=torch.int64)
-        positions = (torch.arange(L)[None] - pads[:, None].long()).clamp(min=0)
-        return cls(x=x.to(device), positions=positions.to(device),
-                   kv_start=pads.to(device), kv_end=torch.full((B,), L, dtype=torch.int32,
-                                                               device=device),
+        P = max(len(p) for p in prompts)
+        return cls.from_padded(prompts, [P - len(p) for p in prompts], P + gen_length,
+                               mask_id=mask_id, pad_id=pad_id, seeds=seeds, device=device,
+                               prompt_len=P, gen_length=gen_length)
+
+    @classmethod
+    def from_padded(cls, prompts: list[list[int]], pads: list[int], length: int, *, mask_id: int,
+                    pad_id: int, seeds: list[int], device: torch.device, prompt_len: int,
+                    gen_length: int, gen_start: Optional[list[int]] = None) -> "DecodeState":
+        """Row b = pads[b] pad tokens, the prompt, MASK up to `length` columns; positions
+        column - pad (clamped to 0); keys [pad, length); fresh counters."""
+        B, L = len(prompts), length
+        rows = [[pad_id] * pad + list(p) + [mask_id] * (L - pad - len(p))
+                for p, pad in zip(prompts, pads)]
+        pad_t = torch.tensor(pads, dtype=torch.int32)
+        positions = (torch.arange(L)[None] - pad_t[:, None].long()).clamp(min=0)
+        return cls(x=torch.tensor(rows, dtype=torch.int64).to(device),
+                   positions=positions.to(device), kv_start=pad_t.to(device),
+                   kv_end=torch.full((B,), L, dtype=torch.int32, device=device),
                    seed=torch.tensor(seeds, dtype=torch.int64, device=device),
                    step=torch.zeros(B, dtype=torch.int64, device=device),
                    nfe=torch.zeros(B, dtype=torch.int32, device=device),
                    active=torch.ones(B, dtype=torch.bool, device=device),
                    cancel=torch.zeros(B, dtype=torch.bool, device=device),
                    m0=torch.zeros(B, dtype=torch.int64, device=device),
-                   prompt_len=P, gen_length=gen_length, mask_id=mask_id)
+                   prompt_len=prompt_len, gen_length=gen_length, mask_id=mask_id,
+                   gen_start=None if gen_start is None else
+                   torch.tensor(gen_start, dtype=torch.int64, device=device))
 
     @property
     def batch(self) -> int:

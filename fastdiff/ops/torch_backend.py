@@ -28,6 +28,15 @@ def _tempered_conf(logits: torch.Tensor, x0: torch.Tensor, mode: str, temperatur
     raise ValueError(f"unknown confidence mode {mode!r}; allowed: {ref.CONF_MODES}")
 
 
+def _topk_mask(conf: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """[B, Lb] bool: the k[b] highest finite confidences of each row, lowest index first among
+    ties (a stable descending sort, then each position's rank)."""
+    order = torch.sort(conf, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(conf.shape[1], device=conf.device).expand_as(order))
+    return (rank < k[:, None]) & torch.isfinite(conf)
+
+
 def _commit(x: torch.Tensor, x0: torch.Tensor, commit: torch.Tensor,
             block_start: torch.Tensor) -> torch.Tensor:
     """x[b, block_start[b] + j] = x0[b, j] where commit[b, j] (in place); returns commit."""
@@ -228,14 +237,8 @@ class TorchOps:
         of H when |H| >= k[b], else the k[b] highest (lowest index first among ties). x in
         place; step / nfe +1 for the rows that took part. Returns the commit mask [B, Lb]."""
         step_torch.count_step(conf, step, nfe)
-        Lb = conf.shape[1]
-        finite = torch.isfinite(conf)
-        above = finite & (conf > tau[:, None])
-        order = torch.sort(conf, dim=1, descending=True, stable=True).indices
-        rank = torch.empty_like(order).scatter_(
-            1, order, torch.arange(Lb, device=conf.device).expand_as(order))
-        top = (rank < k[:, None]) & finite
-        commit = torch.where((above.sum(1) >= k)[:, None], above, top)
+        above = torch.isfinite(conf) & (conf > tau[:, None])
+        commit = torch.where((above.sum(1) >= k)[:, None], above, _topk_mask(conf, k))
         return _commit(x, x0, commit, block_start)
 
     @staticmethod
@@ -264,12 +267,7 @@ class TorchOps:
         mask [B, Lb]: the k highest finite confidences, lowest index first among ties.
         step / nfe [B] (optional): +1 for every row with a finite confidence (it took part)."""
         step_torch.count_step(conf, step, nfe)
-        Lb = conf.shape[1]
-        order = torch.sort(conf, dim=1, descending=True, stable=True).indices
-        rank = torch.empty_like(order).scatter_(
-            1, order, torch.arange(Lb, device=conf.device).expand_as(order))
-        commit = (rank < k[:, None]) & torch.isfinite(conf)
-        return _commit(x, x0, commit, block_start)
+        return _commit(x, x0, _topk_mask(conf, k), block_start)
 
     @staticmethod
     def select_threshold_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
