@@ -123,6 +123,8 @@ def profile_phase(engine, state, req, phase: int, i: int, warmup: int = 2):
     def once():
         loop.step(model, ledger, state, req, phase, 1, i)
     loop.step(model, ledger, state, req, REFRESH, 1, 0)  # fill the KV cache
+    if i > 0:  # step i starts from the canvas step 0 left (the rule's live-MASK bound holds)
+        x0 = state.x.clone()
     for _ in range(warmup):
         state.x.copy_(x0)
         once()

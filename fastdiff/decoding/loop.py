@@ -41,8 +41,9 @@ def _hidden(model, state: DecodeState, req: Request, feed: Feed, prep) -> torch.
     Classifier-free guidance (no cache only): one batched forward over [x ; x with the prompt
     masked], combined as u + (s + 1)(c - u) on final hidden states, which equals guidance on
     logits (linear head)."""
-    # S == Lb (and no shift): rows are 0..Lb-1
-    rows = None if feed.S == req.block_length and not req.shift else prep.rows
+    # S == Lb (and no shift, no compaction): rows are 0..Lb-1
+    rows = None if feed.S == req.block_length == prep.rows.shape[1] and not req.shift \
+        else prep.rows
     if req.cfg_scale <= 0:
         store = req.store.data if req.strategy.needs_store else None
         return model.forward(prep.ids, prep.pos, state.kv_start, state.kv_end, slot=prep.slot,
@@ -59,7 +60,10 @@ def _hidden(model, state: DecodeState, req: Request, feed: Feed, prep) -> torch.
 def step(model, ops, state: DecodeState, req: Request, phase: int, block: Index,
          i: Index) -> None:
     """Step i of block `block` (host ints, or int32 device scalars in captured graphs); phase
-    REFRESH or CACHED picks the fed span. Device work only: no host reads of tensor values."""
+    REFRESH or CACHED picks the fed span. Device work only: no host reads of tensor values.
+    With a backend that compacts rows (TorchOps.compacts_rows) an eager step i feeds its last
+    layer and LM head the policy's bound on the live MASKs, which assumes steps 0..i-1 of the
+    block ran before it (the loop's order); a canvas with more raises an index error."""
     Lb, L, P = req.block_length, state.x.shape[1], state.prompt_len
     start = P + block * Lb if isinstance(block, int) else None
     feed = req.strategy.feed(phase, P, L, Lb, start).shifted(req.shift)
@@ -68,7 +72,12 @@ def step(model, ops, state: DecodeState, req: Request, phase: int, block: Index,
                             S=feed.S, write_from_block=feed.write_from_block,
                             steps=req.policy.prepare_steps, mask_id=state.mask_id,
                             shift=req.shift, ratios=req.policy.prepare_ratios)
-    hidden = _hidden(model, state, req, feed, prep)  # [B, Lb, d]
+    if phase == CACHED and isinstance(i, int) and ops.compacts_rows:
+        n = max(1, req.policy.live_bound(Lb, i))
+        if n < Lb:  # only the positions still MASKed reach the last layer and the LM head
+            prep = prep._replace(**dict(zip(("rows", "row_map"),
+                                            ops.compact_live(prep.rows, prep.row_map, n))))
+    hidden = _hidden(model, state, req, feed, prep)  # [B, Lb or n, d]
     x0, conf = req.scorer(ops, hidden, prep.row_map, model.lm_head[: model.config.vocab_size],
                           state, prep.pos_base)
     req.policy.commit(ops, state, x0, conf, prep, i)

@@ -3,6 +3,7 @@
 Each is configured once per request; inside a step they only launch device ops."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -72,6 +73,13 @@ class TopKSchedule:
     def max_steps(self, block_length: int) -> int:
         return self.steps_per_block
 
+    def live_bound(self, block_length: int, i: int) -> int:
+        """The most MASKs a block row can have left before step i: a row that had m MASKs
+        has m - i (m // s) - min(m % s, i) (each step commits its full k while MASKs are
+        left), which grows with m, so m = Lb bounds every row."""
+        Lb, s = block_length, self.steps_per_block
+        return max(0, Lb - i * (Lb // s) - min(Lb % s, i))
+
     prepare_ratios = None
 
     def bind(self, state: DecodeState) -> None:
@@ -116,6 +124,10 @@ class _TimestepPolicy:
     def max_steps(self, block_length: int) -> int:
         return self.steps_per_block
 
+    def live_bound(self, block_length: int, i: int) -> int:
+        """Origin commits by chance: no bound below the block length."""
+        return block_length
+
     def bind(self, state: DecodeState) -> None:
         if self._ratios is None or self._ratios.device != state.x.device:
             self._ratios = dream_ratios(self.steps_per_block, state.x.device)
@@ -139,6 +151,16 @@ class QuotaPolicy(_TimestepPolicy):
     def __init__(self, steps_per_block: int, alg_temp: float = 0.0) -> None:
         super().__init__(steps_per_block)
         self.alg_temp = alg_temp
+        self._host_ratios = dream_ratios(steps_per_block, "cpu").tolist()
+
+    def live_bound(self, block_length: int, i: int) -> int:
+        """A row with m MASKs keeps m - int(m r_j) after step j, which grows with m: iterate
+        from m = Lb with each ratio lowered by 1e-6 (the device's fp32 product may round up,
+        never by that much), so the bound is never below the true count."""
+        m = block_length
+        for r in self._host_ratios[:i]:
+            m -= max(0, math.floor(m * (r - 1e-6)))
+        return m
 
     def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
                prep, i=None) -> torch.Tensor:
@@ -175,6 +197,10 @@ class _PerRowValuePolicy:
 
     def max_steps(self, block_length: int) -> int:
         return block_length  # every step commits at least one token per live row
+
+    def live_bound(self, block_length: int, i: int) -> int:
+        """Every step commits at least one token of a row that has MASKs left."""
+        return max(0, block_length - i)
 
     def bind(self, state: DecodeState) -> None:
         """Allocate the per-row values on the state's device (once per policy)."""

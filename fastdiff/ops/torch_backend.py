@@ -28,6 +28,28 @@ def _tempered_conf(logits: torch.Tensor, x0: torch.Tensor, mode: str, temperatur
     raise ValueError(f"unknown confidence mode {mode!r}; allowed: {ref.CONF_MODES}")
 
 
+def _scored_rows(hidden: torch.Tensor, row_map: torch.Tensor, pos_base: torch.Tensor):
+    """The rows the LM head multiplies, each once -> (rows [B, N, d], their generation
+    positions [B, N] int64 (the Philox counters), back [B, Lb] int64 or None).
+
+    hidden with >= Lb rows: the block positions' rows (hidden itself when it has exactly Lb,
+    row j being position j), positions pos_base + j, back None. Fewer rows than Lb: a
+    compacted feed (compact_live), where hidden row c is scored at the one block position j
+    with row_map[b, j] == c (padding rows at none: they get position pos_base, unread);
+    back = row_map clamped, to gather the rows' results to block positions."""
+    B, Lb = row_map.shape
+    j = torch.arange(Lb, device=hidden.device)
+    n = hidden.shape[1]
+    if n >= Lb:
+        rows = hidden if n == Lb else hidden.gather(
+            1, row_map.long().clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
+        return rows, pos_base[:, None].long() + j[None], None
+    dst = torch.where(row_map >= 0, row_map.long(), n)  # unscored positions to a dump column
+    at = torch.zeros(B, n + 1, dtype=torch.int64, device=hidden.device).scatter_(
+        1, dst, j.expand(B, Lb))[:, :n]
+    return hidden, pos_base[:, None].long() + at, row_map.long().clamp(min=0)
+
+
 def _topk_mask(conf: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """[B, Lb] bool: the k[b] highest finite confidences of each row, lowest index first among
     ties (a stable descending sort, then each position's rank)."""
@@ -51,12 +73,30 @@ class TorchOps:
     name = "torch"
     step_prepare = staticmethod(step_torch.step_prepare)
     freeze_finished = staticmethod(step_torch.freeze_finished)
+    # The eager loop feeds a cached step's last layer and LM head only the block positions
+    # still MASKed (compact_live): on a CPU both are compute bound, so half the rows is half
+    # the time. The Triton backend (GPU) does not: at batch 1 the LM head streams its weight
+    # whatever the row count, and captured graphs need static shapes.
+    compacts_rows = True
+
+    @staticmethod
+    def compact_live(rows: torch.Tensor, row_map: torch.Tensor, n: int):
+        """rows int64 [B, Lb] (the fed-token index of each block position), row_map int32
+        [B, Lb] (j where scored, else -1), n >= every row's scored count -> (rows' [B, n]: the
+        fed-token indices of each row's scored positions in position order, then unscored
+        ones as padding; row_map' [B, Lb]: the index into rows' of each scored position, -1
+        elsewhere). The forward then runs its last layer on rows' alone and the LM head scores
+        each of them once (_scored_rows)."""
+        live = row_map >= 0
+        order = torch.sort((~live).to(torch.int8), dim=1, stable=True).indices[:, :n]
+        return rows.gather(1, order), torch.where(live, live.cumsum(1, dtype=torch.int32) - 1, -1)
 
     @staticmethod
     def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """x [..., d], weight [d] -> [..., d]: fp32 normalize, cast back, times weight."""
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+        if x.dtype == torch.float32 and weight.dtype == torch.float32:
+            return F.rms_norm(x, x.shape[-1:], weight, eps)  # one fused op, the same math
+        return F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype) * weight
 
     @staticmethod
     def add_rms_norm(x: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor,
@@ -151,18 +191,15 @@ class TorchOps:
         """hidden [B, S, d], row_map int32 [B, Lb], W [V, d] -> x0 int64 [B, Lb], conf fp32 [B, Lb].
 
         Logits in the model dtype, statistics in fp32; see reference.lm_head_confidence."""
-        B, Lb = row_map.shape
         dev = hidden.device
-        rows = hidden if hidden.shape[1] == Lb else hidden.gather(  # [B, Lb, d]
-            1, row_map.long().clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
-        logits = (rows @ weight.T).float()  # [B, Lb, V]
+        rows, pos, back = _scored_rows(hidden, row_map, pos_base)
+        logits = (rows @ weight.T).float()  # [B, N, V]
         if suppress_eos:
             logits[..., eos_id] = float("-inf")
-        pos = pos_base[:, None].long() + torch.arange(Lb, device=dev)[None]  # [B, Lb]
         if temperature == 0 and mode == "low_confidence":  # p(argmax) = 1 / sum exp(l - max)
             top, x0 = logits.max(-1)
             conf = (logits - top[..., None]).exp_().sum(-1).reciprocal_()
-            return TorchOps._finish_conf(conf, x0, row_map, eos_id, eot_id, eos_eot_conf)
+            return TorchOps._finish_conf(conf, x0, row_map, eos_id, eot_id, eos_eot_conf, back)
         if temperature == 0:
             x0 = logits.argmax(-1)
         else:
@@ -175,11 +212,15 @@ class TorchOps:
             conf = ref.uniform(seed[:, None], step[:, None], pos, 0, stream=1)
         else:
             conf = _tempered_conf(logits, x0, mode, temperature)
-        return TorchOps._finish_conf(conf, x0, row_map, eos_id, eot_id, eos_eot_conf)
+        return TorchOps._finish_conf(conf, x0, row_map, eos_id, eot_id, eos_eot_conf, back)
 
     @staticmethod
-    def _finish_conf(conf, x0, row_map, eos_id: int, eot_id: Optional[int], eos_eot_conf: bool):
-        """The EOS/EoT confidence rule, then -inf where not scored -> (x0, conf)."""
+    def _finish_conf(conf, x0, row_map, eos_id: int, eot_id: Optional[int], eos_eot_conf: bool,
+                     back: Optional[torch.Tensor] = None):
+        """Scored rows' results to block positions (back: see _scored_rows), the EOS/EoT
+        confidence rule, then -inf where not scored -> (x0, conf) [B, Lb]."""
+        if back is not None:
+            x0, conf = x0.gather(1, back), conf.gather(1, back)
         if eos_eot_conf:
             special = x0 == eos_id
             if eot_id is not None:
@@ -206,16 +247,13 @@ class TorchOps:
         if mode == "low_confidence":
             raise ValueError("top_p / top_k filter the Dream scores; low_confidence (LLaDA's "
                              "untempered probability) has no filtered form")
-        B, Lb = row_map.shape
         dev = hidden.device
-        rows = hidden if hidden.shape[1] == Lb else hidden.gather(
-            1, row_map.long().clamp(min=0)[..., None].expand(-1, -1, hidden.shape[-1]))
-        logits = (rows @ weight.T).float()  # [B, Lb, V]
+        rows, pos, back = _scored_rows(hidden, row_map, pos_base)
+        logits = (rows @ weight.T).float()  # [B, N, V]
         if suppress_eos:
             logits[..., eos_id] = float("-inf")
         zt = logits / temperature if temperature > 0 else logits
         z = ref.filter_logits(zt, top_p, top_k, order=order)
-        pos = pos_base[:, None].long() + torch.arange(Lb, device=dev)[None]  # [B, Lb]
         if temperature == 0:
             x0 = z.argmax(-1)
         else:
@@ -226,7 +264,7 @@ class TorchOps:
             conf = ref.uniform(seed[:, None], step[:, None], pos, 0, stream=1)
         else:
             conf = _tempered_conf(z if conf_filtered else zt, x0, mode, 0.0)  # already tempered
-        return TorchOps._finish_conf(conf, x0, row_map, eos_id, eot_id, eos_eot_conf)
+        return TorchOps._finish_conf(conf, x0, row_map, eos_id, eot_id, eos_eot_conf, back)
 
     @staticmethod
     def select_dynamic_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,

@@ -28,6 +28,7 @@ class TritonOps(TorchOps):
 
     name = "triton"
     step_prepare = staticmethod(_prepare.step_prepare)
+    compacts_rows = False  # see TorchOps.compacts_rows
 
     @staticmethod
     def add_rms_norm(x: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor,
