@@ -151,16 +151,19 @@ class QuotaPolicy(_TimestepPolicy):
     def __init__(self, steps_per_block: int, alg_temp: float = 0.0) -> None:
         super().__init__(steps_per_block)
         self.alg_temp = alg_temp
-        self._host_ratios = dream_ratios(steps_per_block, "cpu").tolist()
+        self._bounds: dict[int, list[int]] = {}  # block length -> bound before each step
 
     def live_bound(self, block_length: int, i: int) -> int:
         """A row with m MASKs keeps m - int(m r_j) after step j, which grows with m: iterate
         from m = Lb with each ratio lowered by 1e-6 (the device's fp32 product may round up,
         never by that much), so the bound is never below the true count."""
-        m = block_length
-        for r in self._host_ratios[:i]:
-            m -= max(0, math.floor(m * (r - 1e-6)))
-        return m
+        if block_length not in self._bounds:
+            m, bounds = block_length, []
+            for r in dream_ratios(self.steps_per_block, "cpu").tolist():
+                bounds.append(m)
+                m -= max(0, math.floor(m * (r - 1e-6)))
+            self._bounds[block_length] = bounds
+        return self._bounds[block_length][i]
 
     def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
                prep, i=None) -> torch.Tensor:
