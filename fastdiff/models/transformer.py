@@ -31,6 +31,7 @@ LAYER_ROLES = ("attn_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_norm",
 BIAS_ROLES = ("q_bias", "k_bias", "v_bias")
 QK_NORM_ROLES = ("q_norm", "k_norm")  # per-head RMSNorm weights [head_dim] (SDAR)
 
+
 def _k_major(w: torch.Tensor) -> torch.Tensor:
     """[out, in] -> the same values as a transposed view of a contiguous [in, out] copy, so that
     `x @ w.T` multiplies by a contiguous matrix (the CPU GEMM layout, see the module doc)."""

@@ -74,9 +74,9 @@ class TorchOps:
     step_prepare = staticmethod(step_torch.step_prepare)
     freeze_finished = staticmethod(step_torch.freeze_finished)
     # The eager loop feeds a cached step's last layer and LM head only the block positions
-    # still MASKed (compact_live): on a CPU both are compute bound, so half the rows is half
-    # the time. The Triton backend (GPU) does not: at batch 1 the LM head streams its weight
-    # whatever the row count, and captured graphs need static shapes.
+    # still MASKed (compact_live): on a CPU (this backend's main use) both are compute bound,
+    # so half the rows is half the time. The Triton backend (GPU) does not: at batch 1 the LM
+    # head streams its weight whatever the row count, and captured graphs need static shapes.
     compacts_rows = True
 
     @staticmethod
