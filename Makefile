@@ -13,7 +13,7 @@ NEXT_PATH := $(NEXT_DIR_ABS)$${PYTHONPATH:+:$$PYTHONPATH}
 # pytest-xdist workers: one per core
 TEST_WORKERS ?= auto
 
-.PHONY: setup demo test test-fast test-triton-next clean
+.PHONY: setup demo test test-fast test-gpu test-triton-next clean
 
 $(STAMP): setup.py pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ test: $(STAMP) test-triton-next
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+test-gpu: $(STAMP)  # on a CUDA machine: the gpu tests, compiled kernels (make test interprets)
+	$(PY) -m pytest -q -m gpu tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info $(TRITON_NEXT_DIR)

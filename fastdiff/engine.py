@@ -1,6 +1,7 @@
 """Engine: owns the model, tokenizer and ops backend; turns prompts into Completions."""
 from __future__ import annotations
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,14 +320,18 @@ class Engine:
         for s in row_seeds:
             if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**63:
                 raise ValueError(f"seed={s!r} is invalid: must be an integer in [0, 2**63)")
-        if self._blockwise:
-            return self._block_diffusion(ids, gen, row_seeds, on_step, stream_interval)
-        state = DecodeState.from_prompts(ids, gen.gen_length, mask_id=self.config.mask_token_id,
-                                         pad_id=self.config.pad_token_id,
-                                         seeds=row_seeds, device=self.model.device)
-        self._decode(state, gen, on_step, stream_interval)
-        return self._completions(state.generated().tolist(), state.nfe.tolist(),
-                                 self.stop_ids(gen), gen.gen_length)
+        dev = self.model.device
+        # Triton launches (and graph captures) use the current CUDA device: make it the model's
+        with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+            if self._blockwise:
+                return self._block_diffusion(ids, gen, row_seeds, on_step, stream_interval)
+            state = DecodeState.from_prompts(ids, gen.gen_length,
+                                             mask_id=self.config.mask_token_id,
+                                             pad_id=self.config.pad_token_id, seeds=row_seeds,
+                                             device=dev)
+            self._decode(state, gen, on_step, stream_interval)
+            return self._completions(state.generated().tolist(), state.nfe.tolist(),
+                                     self.stop_ids(gen), gen.gen_length)
 
     def _step_hook(self, state: DecodeState, gen: GenerationConfig,
                    on_step: Optional[StepCallback], interval: str):

@@ -25,8 +25,11 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import per_row_contiguous
+
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (32, 64, 128)
+MAX_GRID_Y = 65535  # CUDA's limit on a launch grid's second dimension (B * Hkv here)
 SPLIT_MAX_SQ = 64  # split-KV path for query blocks up to this length
 
 
@@ -223,8 +226,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_start: torch
         if t.shape != (B,) or t.dtype != torch.int32 or t.device != q.device:
             raise ValueError(f"{name} must be int32 [B={B}] on {q.device}, got {t.dtype} "
                              f"{tuple(t.shape)} on {t.device}")
+    per_row_contiguous(kv_start=kv_start, kv_end=kv_end)
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if B * Hkv > MAX_GRID_Y:
+        raise ValueError(f"batch x kv_heads = {B * Hkv} exceeds the launch grid's second "
+                         f"dimension ({MAX_GRID_Y}); split the batch")
     if block_causal < 0 or q_start < 0:
         raise ValueError(f"block_causal={block_causal} and q_start={q_start} must be >= 0")
     out = torch.empty((B, Sq, H, D), dtype=q.dtype, device=q.device)

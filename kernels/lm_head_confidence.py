@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import per_row_contiguous
+
 MODES = {"low_confidence": 0, "random": 1, "maskgit_plus": 2, "maxprob": 3, "margin": 4,
          "neg_entropy": 5}
 NEG_INF = tl.constexpr(float("-inf"))
@@ -270,7 +272,11 @@ def lm_head_confidence(hidden: torch.Tensor, row_map: torch.Tensor, weight: torc
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if not 0 <= eos_id < V or (eot_id is not None and not 0 <= eot_id < V):
         raise ValueError(f"eos_id={eos_id} / eot_id={eot_id} must be token ids in [0, {V})")
+    per_row_contiguous(seed=seed, step=step, pos_base=pos_base)
     N = B * Lb
+    if N == 0:
+        return (torch.empty((B, Lb), dtype=torch.int64, device=dev),
+                torch.empty((B, Lb), dtype=torch.float32, device=dev))
     cfg = pick_config(N, hidden.dtype)
     n_row_blocks = triton.cdiv(N, cfg["BLOCK_N"])
     n_tiles = triton.cdiv(V, cfg["BLOCK_V"])

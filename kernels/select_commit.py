@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import per_row_contiguous
+
 MODES = {"topk": 0, "threshold": 1, "factor": 2}
 MAX_BLOCK_L = 1024  # longest block (Lb) one program sorts; TritonOps falls back above it
 MIN_BLOCK = 16
@@ -57,7 +59,8 @@ def _select_commit_kernel(x_ptr, x0_ptr, conf_ptr, bstart_ptr, param_ptr, commit
             tb = (top >> 32).to(tl.uint32)
             tb = tl.where((tb >> 31) != 0, tb ^ 0x80000000, tb ^ 0xFFFFFFFF)
             cs = tb.to(tl.float32, bitcast=True)
-            fail = (top == 0) | (cs < 1.0 - f / (ranks + 2).to(tl.float32))
+            # IEEE division (div_rn): `/` compiles to an approximate divide on GPUs
+            fail = (top == 0) | (cs < 1.0 - tl.math.div_rn(f, (ranks + 2).to(tl.float32)))
             k = tl.maximum(tl.min(tl.where(fail, ranks, BLOCK_L), axis=0), 1)
         k = tl.minimum(k, n_elig)
         kth = tl.sum(tl.where(ranks == k - 1, top, tl.zeros_like(top)), axis=0)
@@ -118,8 +121,7 @@ def _param(value, B: int, dtype: torch.dtype, device, name: str) -> torch.Tensor
     if value.shape != (B,) or value.device != device:
         raise ValueError(f"{name} must be a [B={B}] tensor on {device}, got "
                          f"{tuple(value.shape)} on {value.device}")
-    if B > 1 and value.stride(0) != 1:  # the kernel reads value[b] at ptr + b
-        raise ValueError(f"{name} must be contiguous (stride 1), got stride {value.stride(0)}")
+    per_row_contiguous(**{name: value})
     return value
 
 
@@ -178,6 +180,8 @@ def select_commit(x: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
             raise ValueError(f"{name} must be {dt} [B={B}] on {dev}")
     if (step is None) != (nfe is None):
         raise ValueError("step and nfe are counted together: pass both or neither")
+    per_row_contiguous(block_start=block_start, committed=committed, left=left, step=step,
+                       nfe=nfe)
     cfg = pick_config(Lb, mode, k_max)
     commit = torch.empty((B, Lb), dtype=torch.int8, device=dev)
     if committed is None or left is None:

@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from ..ops.step_torch import Prepared
+from ._checks import per_row_contiguous
 
 MAX_BLOCK = 512  # widest chunk one program walks per iteration (1024 spills on sm_90)
 
@@ -126,6 +127,7 @@ def step_prepare(x: torch.Tensor, positions: torch.Tensor, active: torch.Tensor,
         raise ValueError("ratios (Dream's quota) must be fp32 [n] and exclusive with steps > 0")
     if shift not in (0, 1):
         raise ValueError(f"shift must be 0 or 1, got {shift}")
+    per_row_contiguous(active=active, cancel=cancel, m0=m0)
     from_device = isinstance(block, torch.Tensor)
     if from_device != isinstance(i, torch.Tensor):
         raise ValueError("block and i must both be ints or both device tensors")

@@ -1,12 +1,30 @@
-"""Shared fixtures. Without CUDA, Triton kernels run under the interpreter: TRITON_INTERPRET must
-be set before any kernel module is imported, so it is set here, first."""
+"""Shared fixtures. Triton kernels run under the interpreter (on CPU tensors) except in a
+`pytest -m gpu` run on a CUDA machine, which runs the compiled kernels: TRITON_INTERPRET is read
+when a kernel module is imported, so it is decided here, first, once per process tree (xdist
+workers inherit the decision). On a CUDA machine a plain run (`make test`) is the CPU suite
+under the interpreter and skips the gpu tests, naming the command that runs them."""
 import contextlib
 import os
+import sys
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
+
+def _marker_expression() -> str:
+    for i, arg in enumerate(sys.argv):
+        if arg == "-m" and i + 1 < len(sys.argv):
+            return sys.argv[i + 1].strip()
+        if arg.startswith("-m") and len(arg) > 2 and not arg.startswith("-m="):
+            return arg[2:].strip()
+    return ""
+
+
+if "FASTDIFF_TEST_COMPILED" not in os.environ:  # the controller decides; workers inherit it
+    os.environ["FASTDIFF_TEST_COMPILED"] = \
+        "1" if torch.cuda.is_available() and _marker_expression() == "gpu" else "0"
+COMPILED = os.environ["FASTDIFF_TEST_COMPILED"] == "1"
+if not COMPILED:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # Ray (tests/test_ray*.py): a local instance whose ports and traffic stay on 127.0.0.1, and no
 # usage report; Ray reads the first when it is imported, so it is set before any test module is
@@ -21,9 +39,12 @@ from fastdiff.models import save_random_checkpoint  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    if COMPILED:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    skip = pytest.mark.skip(
+        reason="needs a CUDA GPU" if not torch.cuda.is_available() else
+        "gpu tests run the compiled kernels: `pytest -m gpu tests` (make test-gpu); this run "
+        "interprets them")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

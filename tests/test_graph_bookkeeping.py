@@ -224,3 +224,29 @@ def test_failing_while_build_and_unrunnable_extension_keep_the_tokens(tiny_ckpt,
     assert caplog.text.count("cannot run here") == 1  # detected once, not retried
     assert all(r.ext is None and r.mode == "replay" for r in eng._graph_cache.runners.values())
     cuda_ext._self_test_failure.cache_clear()
+
+
+def test_replay_follows_blocks_that_end_early(tmp_path_factory):
+    """Dream's origin rule can commit a block's last MASK before its last step; the control
+    then moves to the next block, so host replay must follow the control words (a fixed
+    refresh-then-cached sequence would run the next block without its refresh)."""
+    from fastdiff import ModelConfig
+    from fastdiff.models import save_random_checkpoint
+    path = save_random_checkpoint(tmp_path_factory.mktemp("dream"),
+                                  ModelConfig.preset("dream-tiny"), seed=4, dtype=torch.float32)
+    eng = Engine.from_pretrained(path, device="cpu", dtype="float32", max_batch_size=4)
+    gen = eng.resolve_config(GenerationConfig(gen_length=16, block_length=4, steps=32,
+                                              alg="origin", cache="dual", temperature=0.5,
+                                              seed=0))
+    st = bucket_state(fresh(eng, PROMPTS[:2], gen, seed=0), 2, 64, eng.config.pad_token_id)
+    early = []  # blocks done before their last (8th) step
+
+    def note(s, b, i):
+        if i < 7 and not bool(s.live_masks(s.prompt_len + 4 * b, 4).any()):
+            early.append(b)
+    want = eager(eng, clone(st), gen, on_step=note)
+    assert set(early) - {3}, "no block but the last ended early: the case tests nothing"
+    runner = GraphRunner(eng.model, eng.ops, clone(st), eng._request(gen),
+                         capture=EagerCapture(), use_ext=False)
+    runner.load(st)
+    assert_rows_equal(runner.run(), want, [0, 1])

@@ -51,9 +51,11 @@ def bucketed(engine, prompts, gen) -> DecodeState:
                         engine.config.pad_token_id)
 
 
-def eager(engine, st, gen) -> DecodeState:
+def eager(engine, st, gen, steps: list = None) -> DecodeState:
+    """The eager loop on a copy of st; `steps` (a list) collects the (block, step) it ran."""
     st = clone(st)
-    denoise(engine.model, engine.ops, st, engine._request(gen))
+    hook = None if steps is None else (lambda s, b, i: steps.append((b, i)))
+    denoise(engine.model, engine.ops, st, engine._request(gen), on_step=hook)
     torch.cuda.synchronize()
     return st
 
@@ -87,6 +89,10 @@ def test_report_conditional_support():
     assert info["while_node"] == "ok" and info["if_node"] == "ok", info
     assert ext.self_test(torch.cuda.current_stream().cuda_stream) == \
         {"iterations": 5, "if0_runs": 2, "if1_runs": 3}
+    if info.get("switch_node") == "ok":  # the form the runner builds where it is offered
+        assert ext.self_test(torch.cuda.current_stream().cuda_stream, use_switch=True) == \
+            {"iterations": 5, "case0_runs": 2, "case1_runs": 3}
+        assert cuda_ext.switch_works(ext)
 
 
 def test_cuda_errors_name_the_call():
@@ -150,13 +156,15 @@ def test_while_replay_eager_tokens_equal(engine, batch, cache, policy):
     gen = GenerationConfig(gen_length=64, block_length=16, cache=cache, stop_at_eos=True,
                            **CASES[policy])
     st = bucketed(engine, PROMPTS[:batch], gen)
-    want = eager(engine, st, gen)
+    steps = []
+    want = eager(engine, st, gen, steps)
     replay = graphed(engine, st, gen, "replay")
     assert_same(replay.state, want, "host replay")
     loop = graphed(engine, st, gen, "while")
     assert loop.mode == "while", "the WHILE build fell back to replay (see the log)"
     assert_same(loop.state, want, "WHILE runner")
-    assert loop.control.read().iters == max(want.nfe.tolist())
+    # the loop steps a block until its slowest live row is done: as many steps as eager ran
+    assert loop.control.read().iters == replay.control.read().iters == len(steps)
     # one captured graph per phase whatever the number of blocks (4 here)
     assert len(loop.graphs) == len(replay.graphs) == (1 if cache == "none" else 2)
     print(f"\n{cache}/{policy}: WHILE body picks its step with a {loop.loop.kind} node")

@@ -192,6 +192,11 @@ def test_gpu_select_commit_llada_shapes():
         took = torch.isfinite(conf).any(1)
         assert_equal(step.cpu(), took.long(), "gpu step")
         assert_equal(nfe.cpu(), took.int(), "gpu nfe")
+        for km in (1, 4, 8):  # the loop's k_max = ceil(Lb / steps) < Lb: the tl.topk path
+            kk = torch.randint(1, km + 1, (B,), dtype=torch.int32)
+            xx = x.cuda()
+            sc.select_commit(xx, x0.cuda(), conf.cuda(), bs.cuda(), k=kk.cuda(), k_max=km)
+            assert_equal(xx.cpu(), ref.select_topk_commit(x, x0, conf, bs, kk), f"gpu k_max {km}")
         for kw, fn in ((dict(tau=0.6), ref.select_threshold_commit),
                        (dict(factor=1.0), ref.select_factor_commit)):
             xx = x.cuda()

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -118,6 +118,7 @@ class GraphRunner:
         self.progress = ProgressBuffer(self.ext, state.batch, state.gen_length) \
             if progress and self.ext is not None else None
         self._specs()
+        self._loaded: Optional[torch.cuda.Event] = None  # recorded after load()'s copies
         self._initial = self._snapshot()
         self.graphs = self._capture(warmup)
         self.loop = self._build_loop() if self.mode == "while" else None
@@ -178,7 +179,8 @@ class GraphRunner:
                     log.info("step graph %d (%s) node types: %s", j,
                              ["refresh", "cached"][j] if self.spec.phases == 2 else "step",
                              sorted(set(self.ext.graph_node_types(raw))))
-            return self.ext.LoopGraph(raws, self._control_spec, self._progress_spec)
+            return self.ext.LoopGraph(raws, self._control_spec, self._progress_spec,
+                                      use_switch=cuda_ext.switch_works(self.ext))
         except Exception as e:  # noqa: BLE001 (any CUDA or binding failure: replay instead)
             log.warning("fastdiff: building the WHILE loop graph failed (%s: %s); falling back "
                         "to host replay of the step graphs (same tokens, one flag read per "
@@ -197,18 +199,26 @@ class GraphRunner:
         self.control.reset()  # also the progress sequence counter
         if self.progress is not None:
             self.progress.array.zero_()
+        if st.x.is_cuda:
+            self._loaded = torch.cuda.Event()
+            self._loaded.record()
 
     def cancel(self, row: int) -> None:
-        """Cancel one row of the running (or next) generation: its cancel flag is set from a
+        """Cancel one row of the running (or loaded) generation: its cancel flag is set from a
         side stream, so it lands while a launched loop runs; the next step freezes the row
-        like an early-stopped one and the other rows are undisturbed."""
+        like an early-stopped one and the other rows are undisturbed. The fill waits for the
+        last load() (it cannot be overwritten by it) and the current stream waits for the
+        fill (a launch issued after cancel() sees it; it cannot land in a later request)."""
         flag = self.state.cancel[row:row + 1]
         if flag.device.type != "cuda":
             flag.fill_(True)
             return
         side = torch.cuda.Stream(device=flag.device)
+        if self._loaded is not None:
+            side.wait_event(self._loaded)
         with torch.cuda.stream(side):
             flag.fill_(True)
+        torch.cuda.current_stream(flag.device).wait_stream(side)
 
     def set_policy_value(self, value: float) -> None:
         """Per-request threshold / factor of a captured threshold or factor policy."""
@@ -249,7 +259,10 @@ class GraphRunner:
         self._progress(stream)
 
     def _data_dependent(self) -> bool:
-        return self.spec.steps_per_block == 0 or self.req.stop_ids is not None
+        """Whether the step sequence depends on the tokens: no fixed schedule, early stop, or
+        a rule whose blocks can end before their last step (the control then moves on)."""
+        return self.spec.steps_per_block == 0 or self.req.stop_ids is not None or \
+            self.req.policy.ends_blocks_early
 
     def _control_update(self, stream: int) -> None:
         if self.ext is not None:
@@ -280,15 +293,28 @@ class GraphRunner:
         memory only: the launch is not synchronized until the caller reads `state`."""
         if self.progress is None:
             raise RuntimeError("stream() needs progress=True and fastdiff._C")
+        failure: list[BaseException] = []
         if self.loop is None:  # host replay runs in this thread: run it in another one
-            worker = threading.Thread(target=self._replay_on, args=(torch.cuda.current_stream(),))
+            worker = threading.Thread(target=self._replay_on,
+                                      args=(torch.cuda.current_stream(), failure))
             worker.start()
+            ended = None
         else:
             worker = None
             self.launch()
+            ended = torch.cuda.Event()
+            ended.record()
         Lb, sent = self.spec.block_length, 0
         while True:
             p = self.progress.read()
+            if (p is None or p.running) and (  # a dead worker, or a finished (faulted) launch:
+                    not worker.is_alive() if worker is not None else ended.query()):
+                if failure:  # (query() raises the launch's CUDA error, if any)
+                    raise failure[0]
+                p = self._settle()  # the end mark lands shortly after the work that wrote it
+                if p is None:
+                    raise RuntimeError("the generation stopped without marking its end in the "
+                                       "progress memory")
             if p is None:
                 time.sleep(poll_s)
                 continue
@@ -302,9 +328,23 @@ class GraphRunner:
         if worker is not None:
             worker.join()
 
-    def _replay_on(self, stream: torch.cuda.Stream) -> None:
-        with torch.cuda.stream(stream):
-            self._replay()
+    def _settle(self, wait_s: float = 1.0) -> Optional[Progress]:
+        """After the work ended: the progress memory's end mark (host-mapped writes become
+        visible shortly after the kernel that made them), or None if none comes in wait_s."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            p = self.progress.read()
+            if p is not None and not p.running:
+                return p
+            time.sleep(1e-3)
+        return None
+
+    def _replay_on(self, stream: torch.cuda.Stream, failure: list) -> None:
+        try:
+            with torch.cuda.stream(stream):
+                self._replay()
+        except BaseException as e:  # noqa: BLE001 (handed to stream(), which raises it)
+            failure.append(e)
 
 
 class GraphCache:

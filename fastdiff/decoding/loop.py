@@ -61,9 +61,10 @@ def step(model, ops, state: DecodeState, req: Request, phase: int, block: Index,
          i: Index) -> None:
     """Step i of block `block` (host ints, or int32 device scalars in captured graphs); phase
     REFRESH or CACHED picks the fed span. Device work only: no host reads of tensor values.
-    With a backend that compacts rows (TorchOps.compacts_rows) an eager step i feeds its last
-    layer and LM head the policy's bound on the live MASKs, which assumes steps 0..i-1 of the
-    block ran before it (the loop's order); a canvas with more raises an index error."""
+    With a backend that compacts rows (TorchOps.compacts_rows), on the CPU, an eager step i
+    feeds its last layer and LM head the policy's bound on the live MASKs, which assumes steps
+    0..i-1 of the block ran before it (the loop's order); a canvas with more raises an index
+    error. On a GPU eager steps keep the shapes the captured graphs have (same tokens)."""
     Lb, L, P = req.block_length, state.x.shape[1], state.prompt_len
     start = P + block * Lb if isinstance(block, int) else None
     feed = req.strategy.feed(phase, P, L, Lb, start).shifted(req.shift)
@@ -72,7 +73,7 @@ def step(model, ops, state: DecodeState, req: Request, phase: int, block: Index,
                             S=feed.S, write_from_block=feed.write_from_block,
                             steps=req.policy.prepare_steps, mask_id=state.mask_id,
                             shift=req.shift, ratios=req.policy.prepare_ratios)
-    if phase == CACHED and isinstance(i, int) and ops.compacts_rows:
+    if phase == CACHED and isinstance(i, int) and ops.compacts_rows and not state.x.is_cuda:
         n = max(1, req.policy.live_bound(Lb, i))
         if n < Lb:  # only the positions still MASKed reach the last layer and the LM head
             prep = prep._replace(**dict(zip(("rows", "row_map"),

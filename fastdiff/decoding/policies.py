@@ -66,6 +66,8 @@ class TopKSchedule:
     """LLaDA's fixed schedule, per row on the device: the step's k (scheduled_k of the block's
     MASK count at its first step) comes from the step's prepare op."""
 
+    ends_blocks_early = False  # k_i >= 1 while steps <= MASKs (LLaDA: steps <= gen_length)
+
     def __init__(self, steps_per_block: int) -> None:
         self.steps_per_block = steps_per_block
         self.prepare_steps = steps_per_block  # the step's prepare op derives k (m0 schedule)
@@ -112,6 +114,7 @@ class _TimestepPolicy:
 
     prepare_steps = 0  # k is not LLaDA's schedule
     uses_ratios = False  # the step's prepare op derives k from the ratio table
+    ends_blocks_early = False  # the quota leaves MASKs until r = 1 at the last step
 
     def __init__(self, steps_per_block: int) -> None:
         self.steps_per_block = steps_per_block
@@ -178,6 +181,8 @@ class OriginPolicy(_TimestepPolicy):
     """Dream's origin rule: each masked position is committed when its uniform draw (the
     `random` score, Philox stream 1) is below r_i = 1 - s/t (all at the last step)."""
 
+    ends_blocks_early = True  # the draws may commit a block's last MASK before its last step
+
     def commit(self, ops, state: DecodeState, x0: torch.Tensor, conf: torch.Tensor,
                prep, i=None) -> torch.Tensor:
         return ops.select_below_commit(state.x, x0, conf, prep.block_start, self.ratio(i),
@@ -192,6 +197,7 @@ class _PerRowValuePolicy:
     steps_per_block = None
     prepare_steps = 0
     prepare_ratios = None
+    ends_blocks_early = True  # a block runs until its MASKs are gone
     op: str
 
     def __init__(self, value: float) -> None:

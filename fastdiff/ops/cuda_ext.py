@@ -81,6 +81,24 @@ def _self_test_failure(ext: ModuleType) -> Optional[str]:
     return reason
 
 
+@functools.lru_cache(maxsize=None)
+def switch_works(ext: ModuleType) -> bool:
+    """Whether the WHILE body may pick its step with one SWITCH node here: the build and the
+    driver offer it and the self test's SWITCH form counts right (else sibling IF nodes,
+    which load_runnable's self test covers). Logged once per module when it fails."""
+    import torch
+
+    try:
+        if ext.conditional_support().get("switch_node") != "ok":
+            return False
+        ext.self_test(torch.cuda.current_stream().cuda_stream, use_switch=True)
+        return True
+    except Exception as e:  # noqa: BLE001 - any failure: the IF form instead
+        log.warning("fastdiff: the SWITCH form of the loop graph failed its self test (%s: %s); "
+                    "the WHILE body uses sibling IF nodes", type(e).__name__, e)
+        return False
+
+
 def conditional_support() -> dict:
     """What this machine offers the device loop, for the first GPU run's log: the extension's
     compiled / runtime / driver CUDA versions and whether WHILE / IF / IF-ELSE / SWITCH

@@ -73,11 +73,11 @@ class TorchOps:
     name = "torch"
     step_prepare = staticmethod(step_torch.step_prepare)
     freeze_finished = staticmethod(step_torch.freeze_finished)
-    # The eager loop feeds a cached step's last layer and LM head only the block positions
-    # still MASKed (compact_live): on a CPU (this backend's main use) both are compute bound,
-    # so half the rows is half the time. The Triton backend (GPU) does not: at batch 1 the LM
-    # head streams its weight whatever the row count, and captured graphs need static shapes.
-    compacts_rows = True
+    # On the CPU the eager loop feeds a cached step's last layer and LM head only the block
+    # positions still MASKed (compact_live): both are compute bound there, so half the rows is
+    # half the time. Not on a GPU (either backend): at batch 1 the LM head streams its weight
+    # whatever the row count, and eager steps keep the captured graphs' shapes (same kernels).
+    compacts_rows = True  # (the loop compacts on CPU tensors only)
 
     @staticmethod
     def compact_live(rows: torch.Tensor, row_map: torch.Tensor, n: int):
