@@ -83,7 +83,7 @@ class PrefixCache(NoCache):
              start: Optional[int]) -> Feed:
         if phase == REFRESH:
             return Feed(0, length)
-        if start is not None:  # eager: the exact span
+        if start is not None:  # eager on the CPU: the exact span
             return Feed(start, length - start)
         return Feed(prompt_len, length - prompt_len, write_from_block=True)
 

@@ -66,7 +66,10 @@ def step(model, ops, state: DecodeState, req: Request, phase: int, block: Index,
     0..i-1 of the block ran before it (the loop's order); a canvas with more raises an index
     error. On a GPU eager steps keep the shapes the captured graphs have (same tokens)."""
     Lb, L, P = req.block_length, state.x.shape[1], state.prompt_len
-    start = P + block * Lb if isinstance(block, int) else None
+    # the exact span needs the block start on the host; on a GPU eager steps take the captured
+    # graphs' (worst-case) spans instead, so that streaming and graphs run the same GEMM shapes
+    # and give bitwise the same tokens
+    start = P + block * Lb if isinstance(block, int) and not state.x.is_cuda else None
     feed = req.strategy.feed(phase, P, L, Lb, start).shifted(req.shift)
     prep = ops.step_prepare(state.x, state.positions, state.active, state.cancel, state.m0,
                             block=block, i=i, prompt_len=P, block_length=Lb, lo=feed.lo,
