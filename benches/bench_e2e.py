@@ -37,37 +37,39 @@ def main() -> int:
     meta = env.environment(device)
     cfg = ModelConfig.preset(args.preset)
     contexts = [int(c) for c in args.contexts.split(",")]
-    t0 = time.perf_counter()
-    engine = Engine.from_config(cfg, device=device, dtype=dtype, max_batch_size=1,
-                                max_seq_len=max(contexts))  # (block diffusion: unused)
-    print(f"[e2e] random {args.preset} built on {device} in {time.perf_counter() - t0:.1f} s",
-          flush=True)
-    step_rows = []
     if cfg.attention == "block_causal":
         contexts = []  # block diffusion: its end-to-end rows vs AR only (no step rows yet)
+    t0 = time.perf_counter()
+    engine = Engine.from_config(cfg, device=device, dtype=dtype, max_batch_size=1,
+                                max_seq_len=max(contexts + [1024]))
+    print(f"[e2e] random {args.preset} built on {device} in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    results = out / "results.jsonl"
+
+    def write(row: dict) -> None:  # each row as soon as it is measured (a timeout keeps it)
+        with open(results, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, sort_keys=True, default=str) + "\n")
+
+    step_rows = []
     for ctx in contexts:
         for r in time_steps(engine, batch=1, context=ctx, block_length=32):
             r.update(meta, bench="step", preset=args.preset)
             step_rows.append(r)
-            print(f"[e2e] {r['kind']} ctx {ctx}: {r['step_ms_p50']:.2f} ms, floor "
-                  f"{r['floor_ms']:.2f} ms ({r['floor_fraction']:.0%})", flush=True)
-    del engine
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    plan = default_plan(args.preset, device, quick=args.quick)
-    rows = run_plan(plan, device=device, dtype=dtype, log=lambda s: print(s, flush=True))
-    with open(out / "results.jsonl", "a", encoding="utf-8") as f:
-        for r in step_rows:
-            f.write(json.dumps(r, sort_keys=True) + "\n")
-        for r in rows:
-            f.write(json.dumps(dict(r, bench="e2e"), sort_keys=True) + "\n")
+            write(r)
+            print(f"[e2e] {r['kind']} ctx {ctx} ({r['timing']}): {r['step_ms_p50']:.2f} ms, "
+                  f"floor {r['floor_ms']:.2f} ms ({r['floor_fraction']:.0%})", flush=True)
     with open(out / "table.md", "a", encoding="utf-8") as f:
-        f.write("\n## Cached step vs floor (random weights)\n\n| kind | context | ms p50 | floor ms "
-                "| fraction |\n|---|---|---|---|---|\n")
+        if step_rows:
+            f.write("\n## Cached step vs floor (random weights)\n\n| kind | context | timing | "
+                    "ms p50 | floor ms | fraction |\n|---|---|---|---|---|---|\n")
         for r in step_rows:
-            f.write(f"| {r['kind']} | {r['context']} | {r['step_ms_p50']:.2f} | "
+            f.write(f"| {r['kind']} | {r['context']} | {r['timing']} | {r['step_ms_p50']:.2f} | "
                     f"{r['floor_ms']:.2f} | {r['floor_fraction']:.2f} |\n")
-        f.write("\n## End to end\n\n" + markdown_table(rows))
+    plan = default_plan(args.preset, device, quick=args.quick)
+    rows = run_plan(plan, device=device, dtype=dtype, log=lambda s: print(s, flush=True),
+                    model=engine.model, on_row=lambda r: write(dict(r, bench="e2e")))
+    with open(out / "table.md", "a", encoding="utf-8") as f:
+        f.write(f"\n## End to end ({args.preset})\n\n" + markdown_table(rows))
     return 0
 
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -144,10 +145,11 @@ def _rotating(make: Callable, n: int) -> Callable:
     return pick
 
 
-def measure(quick: bool, copy_bytes: int = 1 << 30) -> list:
-    """[(bench, impl, config, timing, metrics)] on the current CUDA device."""
+def measure(quick: bool, copy_bytes: int = 1 << 30, res: list = None) -> list:
+    """[(bench, impl, config, timing, metrics)] on the current CUDA device, appended to `res`
+    as they are measured (the caller writes what exists if the run is cut short)."""
     rep = 40 if quick else 200
-    res = []
+    res = [] if res is None else res
     buf = torch.randint(0, 255, (copy_bytes,), dtype=torch.uint8, device=DEV)
     dst = torch.empty_like(buf)
     t = _time(lambda: dst.copy_(buf), rep)
@@ -164,7 +166,7 @@ def measure(quick: bool, copy_bytes: int = 1 << 30) -> list:
                    "mode": mode}
             try:
                 t = _time(lambda: fn(h, rm, w, **kw), rep)
-            except ValueError as e:  # a mode this backend lacks
+            except Exception as e:  # noqa: BLE001 (a mode this backend lacks, or a failure)
                 res.append(("lm_head_confidence", impl, cfg, {}, {"error": str(e)[:120]}))
                 continue
             bw = wbytes / (t["median_ms"] * 1e-3)
@@ -186,7 +188,7 @@ def measure(quick: bool, copy_bytes: int = 1 << 30) -> list:
         for impl, fn in impls:
             try:
                 t = _time(fn, rep)
-            except RuntimeError as e:  # an SDPA backend that refuses the shape
+            except Exception as e:  # noqa: BLE001 (an SDPA backend refusing the shape, ...)
                 res.append(("attention", impl, {"B": B, "Sq": Sq, "Skv": Skv}, {},
                             {"error": str(e)[:120]}))
                 continue
@@ -264,7 +266,14 @@ def main(argv=None) -> int:
     if not CUDA:
         print("no CUDA device: the timed suite needs a GPU", file=sys.stderr)
         return 2
-    rows = measure(args.quick)
+    rows: list = []
+
+    def cut_short(sig, frame):  # the suite's timeout: keep the rows measured so far
+        write(args.out, rows, env, "kernel benches (cut short by a timeout)")
+        sys.exit(124)
+    signal.signal(signal.SIGTERM, cut_short)
+    measure(args.quick, res=rows)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     write(args.out, rows, env, "kernel benches")
     for bench, impl, cfg, t, metrics in rows:
         print(bench, impl, cfg, {k: round(v, 4) for k, v in t.items()},

@@ -134,3 +134,46 @@ def test_git_commit_prefers_fastdiff_commit(monkeypatch):
     assert env.environment(torch.device("cpu"))["git_commit"] == "0123456789ab"
     monkeypatch.delenv("FASTDIFF_COMMIT")
     assert env.git_commit() != "0123456789ab"
+
+
+def test_bench_e2e_writes_each_row_as_measured(tmp_path):
+    """benches/bench_e2e.py (the device suite's end-to-end step) on the CPU: step rows say how
+    they were timed, every row reaches results.jsonl, both table sections are written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, str(root / "benches" / "bench_e2e.py"), "--preset", "tiny",
+                    "--contexts", "96", "--quick", "--out", str(tmp_path)], check=True,
+                   capture_output=True, timeout=300)
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["bench"] == "step"]
+    assert {r["kind"] for r in steps} == {"refresh_step", "dual_cached_step"}
+    assert all(r["timing"] == "eager" and r["step_ms_p50"] > 0 for r in steps)
+    e2e = [r for r in rows if r["bench"] == "e2e"]
+    assert {r["system"] for r in e2e} >= {"fastdiff", "reference_loop", "ar_static_cache"}
+    table = (tmp_path / "table.md").read_text()
+    assert "Cached step vs floor" in table and "End to end (tiny)" in table
+
+
+def test_run_plan_keeps_rows_when_one_fails(monkeypatch):
+    """A failing measurement becomes an error row; the rows before and after it are kept and
+    every row reaches on_row as soon as it exists."""
+    from fastdiff.bench import runner
+    real = runner._measure
+
+    def measure(system, *a, **k):
+        if system == "reference_loop":
+            raise RuntimeError("boom")
+        return real(system, *a, **k)
+    monkeypatch.setattr(runner, "_measure", measure)
+    seen = []
+    plan = runner.Plan("tiny", [runner.Scenario(1, 16, 32, 8, 4),
+                                runner.Scenario(1, 16, 32, 8, 1, systems=("ar_static_cache",))],
+                       caches=("dual",), systems=("fastdiff", "reference_loop"), repeats=1)
+    rows = runner.run_plan(plan, device=torch.device("cpu"), dtype=torch.float32,
+                           log=lambda s: None, on_row=seen.append)
+    assert [r["system"] for r in rows] == ["fastdiff", "reference_loop", "ar_static_cache"]
+    assert rows[1]["error"] == "RuntimeError: boom" and "tokens_per_s" not in rows[1]
+    assert rows[0]["speedup_vs_ar"] is not None  # ratios computed from the rows that worked
+    assert seen == rows

@@ -173,10 +173,20 @@ class HFLlamaBaseline:
 
     @torch.inference_mode()
     def generate(self, prompt: torch.Tensor, *, gen_length: int, **_):
+        # transformers >= 4.50 compiles the forward of a static-cache generate on CUDA by
+        # itself (minutes at 8B, inside the timed warm-up): this row is generate as it runs
+        # without torch.compile, said so in its mode
+        extra = {"disable_compile": True} if _has_disable_compile() else {}
         out = self.model.generate(prompt, attention_mask=torch.ones_like(prompt),
                                   max_new_tokens=gen_length, min_new_tokens=gen_length,
-                                  do_sample=False, cache_implementation="static", pad_token_id=0)
+                                  do_sample=False, cache_implementation="static", pad_token_id=0,
+                                  **extra)
         return out[:, prompt.shape[1]:], gen_length
+
+
+def _has_disable_compile() -> bool:
+    import transformers
+    return hasattr(transformers.GenerationConfig(), "disable_compile")
 
 
 def llama_shape_for(config) -> dict:

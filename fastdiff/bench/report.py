@@ -52,6 +52,9 @@ def plot(rows: list[dict], path: Path) -> Optional[Path]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
+    rows = [r for r in rows if "error" not in r]
+    if not rows:
+        return None
     sel = [r for r in rows if r["batch"] == min(x["batch"] for x in rows)]
     labels = [f"{r['system']}\n{_fmt(r['mode'])}\n{r['schedule']}" for r in sel]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(sel)), 5))
@@ -111,7 +114,9 @@ def update_readme(readme: Path, results_dir: Path) -> str:
         if rows:
             newest = path, rows
     if newest is not None:
+        from .runner import add_speedups
         path, rows = newest
+        rows = add_speedups(rows)  # rows are written as measured, before the ratios
         try:
             shown = path.resolve().relative_to(readme.resolve().parent).as_posix()
         except ValueError:

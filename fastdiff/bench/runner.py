@@ -24,6 +24,7 @@ class Scenario:
     block_length: int
     tokens_per_step: Optional[int]  # fixed schedule; None with a threshold
     threshold: Optional[float] = None
+    systems: Optional[tuple[str, ...]] = None  # None: the plan's systems
 
     @property
     def steps(self) -> int:
@@ -44,6 +45,9 @@ class Plan:
     warmup: int = 1
     repeats: int = 3
     extra: dict = field(default_factory=dict)
+    # CUDA: the graph modes of the fastdiff rows (False: eager, True: the default WHILE loop,
+    # "replay": host replay of the step graphs, the WHILE loop's comparison)
+    graph_modes: tuple = (False, True)
 
 
 def default_plan(preset: str, device: torch.device, quick: bool = False) -> Plan:
@@ -71,9 +75,14 @@ def default_plan(preset: str, device: torch.device, quick: bool = False) -> Plan
         grid = [Scenario(1, 128, 256, 32, 4)]
         return Plan(preset, grid, caches=("none", "dual"), backends=backends[-1:],
                     systems=("fastdiff",), warmup=1, repeats=2)
-    if quick:
-        grid = [Scenario(1, 128, 256, 32, 4), Scenario(1, 128, 256, 32, 1)]
-        return Plan(preset, grid, backends=backends, warmup=1, repeats=2)
+    if quick:  # the GPU validation's targets in little time: fastdiff (the GPU default
+        # backend, WHILE loop vs host replay vs eager) at 4 and 8 tokens per forward; the
+        # reference loop and the AR baseline at 1 token per step (no fastdiff rows there)
+        base = ("reference_loop", "ar_static_cache")
+        grid = [Scenario(1, 128, 256, 32, 4), Scenario(1, 128, 256, 32, 8),
+                Scenario(1, 128, 256, 32, 1, systems=base)]
+        return Plan(preset, grid, caches=("none", "dual"), backends=backends[-1:], warmup=1,
+                    repeats=2, graph_modes=(False, True, "replay"))
     grid = [Scenario(b, 128, 256, 32, t) for b in (1, 4, 16) for t in (1, 2, 4, 8)]
     grid += [Scenario(b, 128, 256, 32, None, 0.9) for b in (1, 4, 16)]
     grid += [Scenario(1, 1024, 1024, 32, 4)]
@@ -116,7 +125,11 @@ def step_floor_ms(model, kv_tokens: float, bandwidth: float) -> float:
 
 
 def run_plan(plan: Plan, *, device: torch.device, dtype: torch.dtype, seed: int = 0,
-             log=print) -> list[dict]:
+             log=print, model=None, on_row=None) -> list[dict]:
+    """Measure every (scenario, system, mode) of the plan -> rows (with speedups). model: the
+    preset's model when the caller built it already (random weights of `seed`); on_row(row):
+    called with each row as soon as it is measured (before the speedups), so a run cut short
+    by a timeout keeps what it measured."""
     cfg = ModelConfig.preset(plan.preset)
     meta = env.environment(device)
     bandwidth = env.copy_bandwidth(device)
@@ -124,30 +137,41 @@ def run_plan(plan: Plan, *, device: torch.device, dtype: torch.dtype, seed: int 
         f"{bandwidth / 1e9:.1f} GB/s; random weights (seed {seed})")
     max_b = max(s.batch for s in plan.scenarios)
     max_len = max(s.prompt_len + s.gen_length for s in plan.scenarios)
-    graph_modes = (False, True) if device.type == "cuda" else (False,)
-    model = Engine.from_config(cfg, seed=seed, device=device, dtype=dtype,
-                               backend=plan.backends[0], graphs=False).model
-    engines = {}  # (backend, graphs) -> Engine sharing one set of weights
+    graph_modes = plan.graph_modes if device.type == "cuda" else (False,)
+    if model is None:
+        model = Engine.from_config(cfg, seed=seed, device=device, dtype=dtype,
+                                   backend=plan.backends[0], graphs=False).model
+    engines = {}  # (backend, graph mode) -> Engine sharing one set of weights
     for be, graphs in itertools.product(plan.backends, graph_modes):
-        engines[be, graphs] = Engine(model.with_ops(get_ops(be)), None, backend=be, graphs=graphs,
-                                     max_batch_size=max_b, max_seq_len=max_len)
+        eng = Engine(model.with_ops(get_ops(be)), None, backend=be, graphs=bool(graphs),
+                     max_batch_size=max_b, max_seq_len=max_len)
+        if graphs == "replay":
+            from ..decoding.graphs import GraphCache
+            eng._graph_cache = GraphCache(eng.model, eng.ops, cfg.pad_token_id, mode="replay")
+        engines[be, graphs] = eng
     rows = []
     for s in plan.scenarios:
         for system, mode, call in _systems(plan, s, engines, model, device, dtype):
-            row = _measure(system, mode, call, s, plan, model, device, bandwidth, log)
-            if row is not None:
-                row.update(meta, preset=plan.preset, random_weights=True, seed=seed,
-                           dtype=str(dtype).replace("torch.", ""), **asdict(s),
-                           schedule=s.schedule, steps=s.steps if s.tokens_per_step else None)
-                rows.append(row)
-    return _add_speedups(rows)
+            try:
+                row = _measure(system, mode, call, s, plan, model, device, bandwidth, log)
+            except Exception as e:  # noqa: BLE001 (one failing row must not lose the others)
+                log(f"[bench] {system} {mode} {s.schedule}: FAILED {type(e).__name__}: {e}")
+                row = dict(system=system, mode=mode, error=f"{type(e).__name__}: {e}")
+            row.update(meta, preset=plan.preset, random_weights=True, seed=seed,
+                       dtype=str(dtype).replace("torch.", ""), **asdict(s),
+                       schedule=s.schedule, steps=s.steps if s.tokens_per_step else None)
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return add_speedups(rows)
 
 
 def _systems(plan: Plan, s: Scenario, engines: dict, model, device, dtype):
     """(system, mode, fn(prompts) -> (tokens, nfe list, fed counter or None)) for a scenario."""
     blockwise = model.config.attention == "block_causal"
+    systems = s.systems if s.systems is not None else plan.systems
     for (be, graphs), cache in itertools.product(engines, plan.caches):
-        if "fastdiff" not in plan.systems:
+        if "fastdiff" not in systems:
             break
         if blockwise and graphs:
             continue  # the block-diffusion loop runs eagerly (no graph rows to report)
@@ -166,7 +190,7 @@ def _systems(plan: Plan, s: Scenario, engines: dict, model, device, dtype):
                 out = eng.generate(prompts.tolist(), gen)
             return [c.nfe for c in out], fed
         yield "fastdiff", {"backend": be, "cache": cache, "graphs": graphs}, call
-    if "reference_loop" in plan.systems and s.tokens_per_step is not None:
+    if "reference_loop" in systems and s.tokens_per_step is not None:
         ref = ReferenceLoop(model)
 
         def call(prompts):
@@ -175,7 +199,7 @@ def _systems(plan: Plan, s: Scenario, engines: dict, model, device, dtype):
                                       block_length=s.block_length)
             return [nfe] * prompts.shape[0], fed
         yield "reference_loop", {"backend": "torch eager", "cache": "none"}, call
-    if "ar_static_cache" in plan.systems and s.tokens_per_step in (1, None) and s.threshold is None:
+    if "ar_static_cache" in systems and s.tokens_per_step in (1, None) and s.threshold is None:
         ar = ARBaseline(model)
 
         def call(prompts):
@@ -183,7 +207,7 @@ def _systems(plan: Plan, s: Scenario, engines: dict, model, device, dtype):
             call.compile_s = ar.capture_s  # CUDA graph capture, timed apart (first call)
             return [nfe] * prompts.shape[0], None
         yield "ar_static_cache", {"backend": "torch", "graphs": ar.use_graph}, call
-    if "hf_llama" in plan.systems and s.tokens_per_step == 1:
+    if "hf_llama" in systems and s.tokens_per_step == 1:
         try:
             hf = HFLlamaBaseline(llama_shape_for(model.config), device=device, dtype=dtype)
         except ImportError:
@@ -193,7 +217,7 @@ def _systems(plan: Plan, s: Scenario, engines: dict, model, device, dtype):
             _, nfe = hf.generate(prompts, gen_length=s.gen_length)
             return [nfe] * prompts.shape[0], None
         yield "hf_llama_generate", {"shape": "llama-3-8b" if model.config.d_model == 4096
-                                    else "preset"}, call
+                                    else "preset", "torch_compile": False}, call
 
 
 def _measure(system, mode, call, s: Scenario, plan: Plan, model, device, bandwidth, log):
@@ -232,16 +256,19 @@ def _measure(system, mode, call, s: Scenario, plan: Plan, model, device, bandwid
     return row
 
 
-def _add_speedups(rows: list[dict]) -> list[dict]:
+def add_speedups(rows: list[dict]) -> list[dict]:
     """Ratios to (b) at the same schedule and at (b)'s default 1 token/step, and to (c)."""
     def key(r):
-        return (r["batch"], r["prompt_len"], r["gen_length"], r["block_length"])
-    ref = {(key(r), r["schedule"]): r["tokens_per_s"] for r in rows if r["system"] == "reference_loop"}
+        return tuple(r.get(k) for k in ("preset", "batch", "prompt_len", "gen_length",
+                                        "block_length"))
+    ok = [r for r in rows if "error" not in r and "tokens_per_s" in r]
+    ref = {(key(r), r.get("schedule")): r["tokens_per_s"] for r in ok
+           if r["system"] == "reference_loop"}
     def ar_key(r):  # an AR model has no blocks
-        return key(r)[:3]
-    ar = {ar_key(r): r["tokens_per_s"] for r in rows if r["system"] == "ar_static_cache"}
-    for r in rows:
-        same = ref.get((key(r), r["schedule"]))
+        return key(r)[:4]
+    ar = {ar_key(r): r["tokens_per_s"] for r in ok if r["system"] == "ar_static_cache"}
+    for r in ok:
+        same = ref.get((key(r), r.get("schedule")))
         one = ref.get((key(r), "1 tok/step"))
         a = ar.get(ar_key(r))
         r["speedup_vs_reference_same_schedule"] = r["tokens_per_s"] / same if same else None

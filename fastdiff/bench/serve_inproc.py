@@ -87,12 +87,15 @@ def prompt_source(engine) -> dict:
 
 
 async def warm_up(aengine, spec: LoadSpec, prompt_kw: dict) -> None:
-    """One unmeasured request per output length (first-call costs: allocation, caches)."""
+    """One unmeasured request per output length (first-call costs: allocation, caches,
+    kernel compiles), streamed like the measured ones (a stream runs the loop eagerly; a
+    plain generate would capture CUDA graphs the measured requests never use)."""
     for g in spec.gen_lengths:
         p = make_plan(LoadSpec(rates=(1.0,), requests=1, prompt_lens=spec.prompt_lens,
                                gen_lengths=(g,), seed=spec.seed + 1), 1.0, 999, **prompt_kw)[0]
-        await aengine.generate(p.prompt, aengine.make_config(**settings_for(spec, g)),
-                               seed=WARM_SEED)
+        async for _ in aengine.stream(p.prompt, aengine.make_config(**settings_for(spec, g)),
+                                      seed=WARM_SEED):
+            pass
 
 
 async def bench_in_process(aengine, spec: LoadSpec, recorder: RunRecorder,
