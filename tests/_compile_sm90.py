@@ -168,13 +168,41 @@ def quick(variant) -> bool:
     return True
 
 
+# Integer arguments that can be 1 at run time, by kernel (label prefix): triton's JIT then
+# compiles them as constants (a specialization the interpreter never makes), e.g. MHA's GROUP,
+# a one-token query, the eager loop's step 1, a single stop id.
+ONES = {"attention ": ("GROUP", "Sq", "bk", "q_start", "Hkv"),
+        "attention_combine": ("Sq", "GROUP", "Hkv"),
+        "lm_head_partial": ("N", "Lb", "stride_rm", "tiles_per_split"),
+        "lm_head_combine": ("N", "Lb", "n_splits", "stride_rm"),
+        "step_prepare": ("block_arg", "i_arg", "shift", "S", "Lb"),
+        "freeze_finished": ("n_stop", "G", "prompt_len"),
+        "select_commit": ("Lb",), "rope_kv": ("S", "HKV")}
+
+
+def _generators() -> dict:
+    return {"select_commit": select_commit_variants, "lm_head": lm_head_variants,
+            "attention": attention_variants, "add_rms_norm": add_rms_norm_variants,
+            "rope_kv": rope_kv_variants, "silu_mul": silu_mul_variants,
+            "freeze_finished": freeze_finished_variants, "step_prepare": step_prepare_variants}
+
+
+def ones_variants():
+    """The first default-run configuration of each kernel in ONES with those integers = 1."""
+    for gen in _generators().values():
+        done = set()
+        for fn, sig, ce, warps, stages, label in gen():
+            prefix = next((p for p in ONES if label.startswith(p)), None)
+            if prefix is None or prefix in done or not quick((fn, sig, ce, warps, stages, label)):
+                continue
+            done.add(prefix)
+            ones = {n: 1 for n in ONES[prefix] if n in fn.arg_names}
+            yield fn, sig, {**ce, **ones}, warps, stages, f"{label} with {sorted(ones)} = 1"
+
+
 def main(args: list) -> None:
     assert os.environ.get("TRITON_INTERPRET") != "1", "run without TRITON_INTERPRET"
-    gens = {"select_commit": select_commit_variants, "lm_head": lm_head_variants,
-            "attention": attention_variants}
-    gens.update({"add_rms_norm": add_rms_norm_variants, "rope_kv": rope_kv_variants,
-                 "silu_mul": silu_mul_variants, "freeze_finished": freeze_finished_variants,
-                 "step_prepare": step_prepare_variants})
+    gens = {**_generators(), "ones": ones_variants}
     only_quick = "--quick" in args
     names = [a for a in args if not a.startswith("--")] or list(gens)
     n = 0

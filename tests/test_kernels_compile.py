@@ -41,6 +41,7 @@ def test_compile_sm90_quick():
     for kernel in ("select_commit", "lm_head_partial", "lm_head_combine", "attention ",
                    "attention_combine"):
         assert kernel in out, f"{kernel} was not compiled"
+    assert out.count("] = 1 [") >= 2 * 8, "the integer = 1 specializations were not compiled"
 
 
 def test_spill_check_fails_a_spilling_config():
