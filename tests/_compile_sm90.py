@@ -177,14 +177,15 @@ ONES = {"attention ": ("GROUP", "Sq", "bk", "q_start", "Hkv"),
         "lm_head_combine": ("N", "Lb", "n_splits", "stride_rm"),
         "step_prepare": ("block_arg", "i_arg", "shift", "S", "Lb"),
         "freeze_finished": ("n_stop", "G", "prompt_len"),
-        "select_commit": ("Lb",), "rope_kv": ("S", "HKV")}
+        "select_commit": ("Lb",), "rope_kv": ("S", "HKV"), "philox_normal": ("seed", "stream")}
 
 
 def _generators() -> dict:
     return {"select_commit": select_commit_variants, "lm_head": lm_head_variants,
             "attention": attention_variants, "add_rms_norm": add_rms_norm_variants,
             "rope_kv": rope_kv_variants, "silu_mul": silu_mul_variants,
-            "freeze_finished": freeze_finished_variants, "step_prepare": step_prepare_variants}
+            "freeze_finished": freeze_finished_variants, "step_prepare": step_prepare_variants,
+            "philox_normal": philox_normal_variants}
 
 
 def ones_variants():
@@ -267,6 +268,14 @@ def freeze_finished_variants():
         yield (mod._freeze_finished_kernel, sig, ce, cfg["num_warps"],
                cfg["num_stages"],
                f"freeze_finished {ce} w{cfg['num_warps']}")
+
+
+def philox_normal_variants():
+    """The random-weight kernel: seed and stream as i64 / i32 arguments (ONES: both as 1)."""
+    from fastdiff.kernels import philox_normal as mod
+    sig = {"out_ptr": "*fp32", "n": "i64", "seed": "i64", "stream": "i32"}
+    yield (mod._philox_normal_kernel, sig, {"BLOCK": mod.BLOCK}, 4, 3,
+           f"philox_normal BLOCK {mod.BLOCK}")
 
 
 def step_prepare_variants():

@@ -57,9 +57,14 @@ _SEED_TEXT = (
 
 
 def philox_normal(seed: int, stream: int, n: int, device, chunk: int = 0) -> torch.Tensor:
-    """n standard normals (fp32) from counter-based Philox + Box-Muller: the same values on any
-    device (up to last-ulp differences of log/cos), so random weights can be drawn directly on
-    a GPU and still equal the writer's. Counter = (index low, index high, stream, 0x5EED)."""
+    """n standard normals (fp32) from counter-based Philox + Box-Muller: the same draws on any
+    device (equal up to the float error of log / cos: last ulps with torch ops, ~1e-6 with the
+    Triton kernel a CUDA device uses unless `chunk` asks for the torch path), so random
+    weights can be drawn directly on a GPU. Counter = (index low, index high, stream, 0x5EED)."""
+    if torch.device(device).type == "cuda" and not chunk:
+        fast = _triton_normal(seed, stream, n, device)
+        if fast is not None:
+            return fast
     out = torch.empty(n, dtype=torch.float32, device=device)
     chunk = chunk or (1 << 26 if out.device.type == "cuda" else 1 << 22)
     key = torch.tensor(seed, dtype=torch.int64, device=device)
@@ -71,6 +76,27 @@ def philox_normal(seed: int, stream: int, n: int, device, chunk: int = 0) -> tor
         u2 = (r1 >> 8).float() * 2.0 ** -24  # [0, 1)
         out[s:s + len(idx)] = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
     return out
+
+
+_TRITON_NORMAL_FAILED = []
+
+
+def _triton_normal(seed: int, stream: int, n: int, device):
+    """The same draw by the Triton kernel (fastdiff.kernels.philox_normal; a GPU draws an 8B
+    model in well under a second; equal to the torch path up to ~1e-6, the float error of a
+    GPU's log / cos), or None once it failed here (logged; the torch path then)."""
+    if _TRITON_NORMAL_FAILED:
+        return None
+    try:
+        from ..kernels.philox_normal import philox_normal as kernel
+        return kernel(seed, stream, n, device)
+    except Exception as e:  # noqa: BLE001 (any Triton failure: the torch path, same values)
+        _TRITON_NORMAL_FAILED.append(e)
+        import logging
+        logging.getLogger(__name__).warning(
+            "fastdiff: the Triton random-weight kernel failed (%s: %s); drawing with torch ops "
+            "(the same values, slower)", type(e).__name__, e)
+        return None
 
 
 def random_weights(config: ModelConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32,
