@@ -51,7 +51,8 @@ $PY -c "import fastdiff._C as c; print('fastdiff._C', c.__file__)" >> "$LOG" 2>&
     || echo "import of fastdiff._C FAILED (the WHILE loop and its gpu tests cannot run)" | tee -a "$LOG"
 
 step "pytest -m gpu"
-timeout "$([[ $QUICK == 1 ]] && left 85 || echo 130)" "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests \
+# SIGINT at the deadline: pytest stops like on Ctrl-C and still writes its junit report
+timeout -s INT -k 15 "$([[ $QUICK == 1 ]] && left 85 || echo 130)" "$PY" -m pytest -q -m gpu -p no:cacheprovider --continue-on-collection-errors tests \
     -o log_cli=true --log-cli-level=INFO --log-cli-format='%(levelname)s %(name)s: %(message)s' \
     --junitxml="$SCRATCH/junit.xml" >> "$LOG" 2>&1
 echo "pytest -m gpu rc=$?" | tee -a "$LOG"
