@@ -32,6 +32,8 @@ def time_steps(engine, *, batch: int, context: int, block_length: int = 32, warm
     block = 1  # the last block
     req.policy.bind(state)
     bandwidth = env.copy_bandwidth(dev)
+    from .step_profile import matmul_rate
+    rate = matmul_rate(dev, engine.model.dtype)
     rows = []
     with torch.inference_mode():
         for name, i, fed, kv in (("refresh_step", 0, context, 0),
@@ -48,12 +50,28 @@ def time_steps(engine, *, batch: int, context: int, block_length: int = 32, warm
             times = env.timed(run, dev, warmup=warmup, repeats=repeats)
             ms = 1e3 * env.median(times)
             floor = step_floor_ms(engine.model, kv * batch, bandwidth)
+            compute = 1e3 * step_flops(engine.model, fed * batch, context, block_length * batch) \
+                / rate
             rows.append(dict(kind=name, batch=batch, context=context, block_length=block_length,
                              tokens_fed=fed * batch, step_ms_p50=ms,
                              step_ms_p90=1e3 * env.percentile(times, 0.9), floor_ms=floor,
                              floor_fraction=floor / ms, copy_bandwidth_gbs=bandwidth / 1e9,
+                             compute_floor_ms=compute, matmul_tflops=rate / 1e12,
+                             floor_fraction_with_compute=max(floor, compute) / ms,
                              backend=engine.backend, timing=timing, random_weights=True))
     return rows
+
+
+def step_flops(model, tokens: int, keys: int, scored: int) -> float:
+    """FLOPs of a forward over `tokens` fed tokens attending to `keys` keys each, `scored`
+    rows through the LM head: 2 x layer weights x tokens + attention 4 x tokens x keys x
+    (H x head_dim) per layer + 2 x head weights x scored (a compute floor next to the bytes
+    floor: a refresh step at thousands of tokens is compute bound, its bytes floor is not its
+    limit)."""
+    cfg = model.config
+    layer = sum(t.numel() for t in model.layers[0].tensors() if t.dim() == 2)
+    attn = 4 * tokens * keys * cfg.n_heads * cfg.head_dim
+    return cfg.n_layers * (2 * layer * tokens + attn) + 2 * model.lm_head.numel() * scored
 
 
 def _as_graph(fn, dev: torch.device):
