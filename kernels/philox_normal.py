@@ -14,7 +14,6 @@ import triton
 import triton.language as tl
 
 BLOCK = 1024
-TWO_PI = tl.constexpr(6.283185307179586)
 
 
 @triton.jit
@@ -28,7 +27,7 @@ def _philox_normal_kernel(out_ptr, n, seed, stream, BLOCK: tl.constexpr):
     r0, r1, _, _ = tl.philox(seed, lo, hi, c2, c3)
     u1 = ((r0 >> 8).to(tl.float32) + 0.5) * 5.960464477539063e-08  # 2^-24
     u2 = (r1 >> 8).to(tl.float32) * 5.960464477539063e-08
-    z = tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(TWO_PI * u2)
+    z = tl.sqrt_rn(-2.0 * tl.log(u1)) * tl.cos(u2 * 6.283185307179586)  # 2 pi
     tl.store(out_ptr + idx, z, mask=mask)
 
 
