@@ -64,6 +64,10 @@ def test_ar_baseline_is_greedy_causal_decoding(tiny_engine):
         nxt = m.logits(ops.rms_norm(h[:, -1], m.ln_f, cfg.rms_norm_eps)).argmax(-1)
         seq = torch.cat([seq, nxt[:, None]], 1)
     assert nfe == 6 and got.tolist() == seq[:, 5:].tolist()
+    # the same with the Triton backend's fused layer (interpreted here; the GPU's AR rows)
+    from fastdiff.ops import get_ops
+    tri, _ = ARBaseline(m.with_ops(get_ops("triton"))).generate(prompt, gen_length=6)
+    assert tri.tolist() == got.tolist()
 
 
 def test_cli_bench_tiny_cpu(tmp_path, capsys):

@@ -70,7 +70,11 @@ class ReferenceLoop:
 
 class ARBaseline:
     """(c) The same body run causally, greedy, with a static KV cache; on CUDA the one-token
-    decode is captured once in a CUDA graph and replayed (the gpt-fast pattern)."""
+    decode is captured once in a CUDA graph and replayed (the gpt-fast pattern). It runs the
+    model's own forward and ops backend, so an AR token step has fastdiff's fused layer (the
+    concatenated GEMMs, add + RMSNorm, RoPE writing K/V into the cache, the attention kernel
+    over the cache's slots [0, pos], SiLU * up): the same kernels per layer, a fair baseline.
+    The prefill is causal (block-causal attention with blocks of one token)."""
 
     name = "ar_static_cache"
 
@@ -81,32 +85,18 @@ class ARBaseline:
         self.capture_s = 0.0
 
     def _forward(self, cache: torch.Tensor, ids: torch.Tensor, pos: torch.Tensor, prefill: bool):
-        """ids [B, S] at positions pos [S] -> next-token ids [B] (greedy)."""
-        m, ops, cfg = self.model, self.model.ops, self.model.config
+        """ids [B, S] at positions pos [S] (device tensors) -> next-token ids [B] (greedy).
+        cache [layers, 2, B, Hkv, T + 1, hd] (slot T: the store's trash slot)."""
+        m = self.model
         B, S = ids.shape
-        H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        T = cache.shape[4]
-        cos, sin = ops.rope_cos_sin(pos.expand(B, S), hd, cfg.rope_theta)
-        valid = torch.arange(T, device=ids.device) <= pos[-1]  # keys written so far
-        h = m.wte[ids]
-        for i, layer in enumerate(m.layers):
-            n = ops.rms_norm(h, layer.attn_norm, cfg.rms_norm_eps)
-            q = ops.apply_rope((n @ layer.q_proj.T).view(B, S, H, hd), cos, sin).transpose(1, 2)
-            k = ops.apply_rope((n @ layer.k_proj.T).view(B, S, Hkv, hd), cos, sin).transpose(1, 2)
-            v = (n @ layer.v_proj.T).view(B, S, Hkv, hd).transpose(1, 2)
-            cache[i, 0, :B].index_copy_(2, pos, k)
-            cache[i, 1, :B].index_copy_(2, pos, v)
-            if prefill:
-                a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != Hkv)
-            else:
-                a = F.scaled_dot_product_attention(q, cache[i, 0, :B], cache[i, 1, :B],
-                                                   attn_mask=valid[None, None, None, :],
-                                                   enable_gqa=H != Hkv)
-            h = h + a.transpose(1, 2).reshape(B, S, H * hd) @ layer.attn_out.T
-            mm = ops.rms_norm(h, layer.ff_norm, cfg.rms_norm_eps)
-            h = h + ops.silu_mul(mm @ layer.ff_proj.T, mm @ layer.up_proj.T) @ layer.ff_out.T
-        last = ops.rms_norm(h[:, -1], m.ln_f, cfg.rms_norm_eps)
-        return m.logits(last).argmax(-1)
+        T = cache.shape[4] - 1
+        start = torch.zeros(B, dtype=torch.int32, device=ids.device)
+        end = (pos[-1:] + 1).to(torch.int32).expand(B).contiguous()  # keys [0, pos]
+        last = torch.full((B, 1), S - 1, dtype=torch.int64, device=ids.device)
+        hidden = m.forward(ids, pos.expand(B, S), start, end,
+                           slot=pos.to(torch.int32).expand(B, S), store=cache, length=T,
+                           rows=last, block_causal=1 if prefill else 0)
+        return m.logits(hidden[:, -1]).argmax(-1)
 
     def _decoder(self, B: int, T: int):
         """A (cache, tok, pos, out, step) bundle for batch B and cache length T; step() runs
@@ -115,7 +105,7 @@ class ARBaseline:
         if key in self._graphs:
             return self._graphs[key]
         cfg, dev = self.model.config, self.model.device
-        cache = torch.zeros(cfg.n_layers, 2, B, cfg.n_kv_heads, T, cfg.head_dim,
+        cache = torch.zeros(cfg.n_layers, 2, B, cfg.n_kv_heads, T + 1, cfg.head_dim,
                             dtype=self.model.dtype, device=dev)
         tok = torch.zeros(B, 1, dtype=torch.long, device=dev)
         pos = torch.zeros(1, dtype=torch.long, device=dev)
