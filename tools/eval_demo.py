@@ -32,14 +32,18 @@ SETTINGS = [("1/step", dict(cache="none")),
             ("t0.7 dual", dict(threshold=0.7, cache="dual"))]
 
 
-def decode_figures(folder: Path, gen_length: int, block_length: int) -> dict:
-    """{setting: {tokens_per_forward, parse, n, seconds, completions}} on prompts.txt."""
+def decode_figures(folder: Path, gen_length: int, block_length: int,
+                   only: tuple[str, ...] | None = None) -> dict:
+    """{setting: {tokens_per_forward, parse, n, seconds, completions}} on prompts.txt (all
+    SETTINGS, or those named in only)."""
     from fastdiff import Engine, GenerationConfig
     prompts = [p for p in (folder / "prompts.txt").read_text().splitlines() if p.strip()]
     eng = Engine.from_pretrained(folder, device="cpu", dtype="float32",
                                  max_batch_size=len(prompts))
     out = {}
     for name, kw in SETTINGS:
+        if only is not None and name not in only:
+            continue
         gen = GenerationConfig(gen_length=gen_length, block_length=block_length,
                                steps=gen_length, temperature=0.0, **kw)
         t0 = time.perf_counter()
