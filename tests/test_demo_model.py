@@ -1,6 +1,7 @@
 """The bundled demo model (fastdiff/assets/demo, trained by tools/train_demo.py) loads through the
 normal loader, has consistent special ids, and reproduces its model card's held-out accuracy."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from fastdiff.assets import demo_model_path
 from fastdiff.models import load_checkpoint
 
 ACC_TOL = 0.005  # absolute; the card's number is computed in fp32 by the training-side model
+TPF_TOL, PARSE_TOL = 0.05, 1  # the card's engine figures (MODEL_CARD.md states these)
 SPECIALS = ("<|startoftext|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>",
             "<|end_header_id|>", "<|mdm_mask|>")
 
@@ -94,3 +96,23 @@ def test_cli_demo_decodes_in_parallel_and_reports_tokens_per_forward(capsys):
     assert cli_main(["demo", "--gen-length", "16", "--block-length", "8", "--steps", "8"]) == 0
     err = capsys.readouterr().err
     assert "8 steps, dual cache" in err and "NFE 8," in err and "2.00 tokens/forward" in err, err
+
+
+def test_parallel_decoding_matches_card():
+    """Issue 18's acceptance on the 20 fixed prompts (gen 64, block 32, greedy, CPU fp32): the
+    card's 1/step and t0.9 dual figures are reproduced, and threshold 0.9 with the dual cache
+    commits >= 2 tokens per forward with at least as many parsing completions as 1/step."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from eval_demo import decode_figures
+    with safe_open(str(demo_model_path() / "heldout_sample.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    figs = decode_figures(demo_model_path(), 64, 32, only=("1/step", "t0.9 dual"))
+    for name in ("1/step", "t0.9 dual"):
+        key = name.replace(" ", "_").replace("/", "_per_").replace(".", "")
+        tpf, parse = figs[name]["tokens_per_forward"], figs[name]["parse"]
+        assert abs(tpf - float(meta[f"{key}_tokens_per_forward"])) <= TPF_TOL, (name, tpf, meta)
+        assert abs(parse - int(meta[f"{key}_parse"])) <= PARSE_TOL, (name, parse, meta)
+    t9, one = figs["t0.9 dual"], figs["1/step"]
+    assert t9["tokens_per_forward"] >= 2.0, t9["tokens_per_forward"]
+    assert t9["parse"] >= max(one["parse"], 8), (t9["parse"], one["parse"])
