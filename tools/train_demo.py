@@ -11,6 +11,10 @@ the thread count (1).
     python tools/train_demo.py train --run RUN   # tokenizer + training; RUN/checkpoint.pt every
                                        # --ckpt-minutes and on SIGTERM, RUN/export = the model
     python tools/train_demo.py train --resume RUN/checkpoint.pt   # continue, bit for bit
+    python tools/train_demo.py teacher --teacher-from RUN/export --teacher RUN2/teacher.safetensors
+                                       # the model's own 1/step decodes, kept if they end + parse
+    python tools/train_demo.py train --run RUN2 --init RUN/export --teacher RUN2/teacher.safetensors
+                                       # self-distillation (MODEL_CARD.md: the full settings)
     python tools/train_demo.py export --run RUN  # RUN/export -> fastdiff/assets/demo (+ log)
     python tools/train_demo.py card    # held-out accuracy, completions, engine figures, card
 
