@@ -407,6 +407,10 @@ def cmd_teacher(a: argparse.Namespace) -> None:
     padded with EOS -> --teacher (ids [N, W] int32 with -1 past each row, prompt_len [N], good
     [N]: the completion ended with EOS and prompt + completion passes ast.parse)."""
     from fastdiff import Engine, GenerationConfig
+    if not a.teacher_from or not a.teacher:
+        sys.exit("error: teacher needs --teacher-from MODEL_FOLDER and --teacher OUT.safetensors")
+    if not (Path(a.teacher_from) / "model.safetensors").is_file():
+        sys.exit(f"error: no model.safetensors in --teacher-from {a.teacher_from}")
     torch.set_num_threads(a.threads)
     src = Path(a.teacher_from)
     train_texts, _ = load_corpus(Path(a.stdlib))
