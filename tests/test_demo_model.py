@@ -104,12 +104,12 @@ def test_parallel_decoding_matches_card():
     commits >= 2 tokens per forward with at least as many parsing completions as 1/step."""
     import sys
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    from eval_demo import decode_figures
+    from eval_demo import decode_figures, figure_key
     with safe_open(str(demo_model_path() / "heldout_sample.safetensors"), framework="pt") as f:
         meta = f.metadata()
     figs = decode_figures(demo_model_path(), 64, 32, only=("1/step", "t0.9 dual"))
     for name in ("1/step", "t0.9 dual"):
-        key = name.replace(" ", "_").replace("/", "_per_").replace(".", "")
+        key = figure_key(name)
         tpf, parse = figs[name]["tokens_per_forward"], figs[name]["parse"]
         assert abs(tpf - float(meta[f"{key}_tokens_per_forward"])) <= TPF_TOL, (name, tpf, meta)
         assert abs(parse - int(meta[f"{key}_parse"])) <= PARSE_TOL, (name, parse, meta)

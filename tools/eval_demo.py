@@ -32,12 +32,17 @@ SETTINGS = [("1/step", dict(cache="none")),
             ("t0.7 dual", dict(threshold=0.7, cache="dual"))]
 
 
+def figure_key(name: str) -> str:
+    """A setting's key in the held-out sample's metadata ("t0.9 dual" -> "t09_dual")."""
+    return name.replace(" ", "_").replace("/", "_per_").replace(".", "")
+
+
 def decode_figures(folder: Path, gen_length: int, block_length: int,
                    only: tuple[str, ...] | None = None) -> dict:
     """{setting: {tokens_per_forward, parse, n, seconds, completions}} on prompts.txt (all
     SETTINGS, or those named in only)."""
     from fastdiff import Engine, GenerationConfig
-    prompts = [p for p in (folder / "prompts.txt").read_text().splitlines() if p.strip()]
+    prompts = train_demo.read_prompts(folder)
     eng = Engine.from_pretrained(folder, device="cpu", dtype="float32",
                                  max_batch_size=len(prompts))
     out = {}

@@ -373,6 +373,21 @@ def unit_rows(stream: np.ndarray, units: np.ndarray, rng: np.random.Generator, b
     return torch.from_numpy(x)
 
 
+def read_prompts(folder: Path) -> list[str]:
+    """The non-empty lines of a model folder's prompts.txt (the fixed evaluation prompts)."""
+    return [p for p in (folder / "prompts.txt").read_text().splitlines() if p.strip()]
+
+
+def stop_ids(cfg: dict, tok: Tokenizer) -> set[int]:
+    """The ids that end a completion: EOS and EoT."""
+    return {cfg["eos_token_id"], tok.token_to_id("<|eot_id|>")}
+
+
+def first_stop(ids: list[int], stops: set[int]) -> int:
+    """Index of the first stop id in ids (len(ids) when there is none)."""
+    return next((i for i, t in enumerate(ids) if t in stops), len(ids))
+
+
 def teacher_prompts(texts: list[str], exclude: set[str]) -> list[str]:
     """The one-line headers of the files' top-level def/class statements (`def f(x):`, the demo
     prompts' shape), unique, sorted, without the fixed evaluation prompts (exclude)."""
@@ -414,14 +429,13 @@ def cmd_teacher(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     src = Path(a.teacher_from)
     train_texts, _ = load_corpus(Path(a.stdlib))
-    evals = {p.strip() for p in (OUT / "prompts.txt").read_text().splitlines() if p.strip()}
+    evals = {p.strip() for p in read_prompts(OUT)}
     prompts = teacher_prompts(train_texts, evals)
     if a.teacher_prompts and a.teacher_prompts < len(prompts):
         prompts = sorted(random.Random(a.seed).sample(prompts, a.teacher_prompts))
     tok = Tokenizer.from_file(str(src / "tokenizer.json"))
     cfg = json.loads((src / "config.json").read_text())
-    eos = cfg["eos_token_id"]
-    stops = {eos, tok.token_to_id("<|eot_id|>")}
+    eos, stops = cfg["eos_token_id"], stop_ids(cfg, tok)
     enc = {p: tok.encode(p).ids for p in prompts}  # BOS + tokens, as the engine encodes them
     prompts.sort(key=lambda p: (len(enc[p]), p))  # batches of similar lengths
     eng = Engine.from_pretrained(src, device="cpu", dtype="float32", max_batch_size=a.teacher_batch)
@@ -438,7 +452,7 @@ def cmd_teacher(a: argparse.Namespace) -> None:
         chunk = prompts[i:i + a.teacher_batch]
         for j, (p, c) in enumerate(zip(chunk, eng.generate(chunk, gcfg))):
             out = list(c.full_ids[:g])
-            cut = next((k for k, t in enumerate(out) if t in stops), g)
+            cut = first_stop(out, stops)
             ended += cut < g
             good[i + j] = cut < g and parses(p, c.text, True)
             row = enc[p] + out[:cut] + [eos] * (g - cut)
@@ -765,24 +779,24 @@ def cmd_card(a: argparse.Namespace) -> None:
     meta = {"accuracy": f"{acc:.6f}", "unigram_accuracy": f"{uni_acc:.6f}",
             "unigram_token": str(uni), "mask_ratio": "0.5"}
     save_file({"input_ids": ids, "mask": mask}, str(out / "heldout_sample.safetensors"), meta)
-    stops = {cfg["eos_token_id"], tok.token_to_id("<|eot_id|>")}
-    prompts = [p for p in (out / "prompts.txt").read_text().splitlines() if p.strip()]
+    stops = stop_ids(cfg, tok)
+    prompts = read_prompts(out)
     rows, ok = [], 0
     t0 = time.time()
     for p in prompts:
         gen = generate(net, tok.encode(p).ids, cfg["mask_token_id"], a.gen_length,
                        a.block_length, a.gen_steps)
-        cut = next((i for i, t in enumerate(gen) if t in stops), len(gen))
+        cut = first_stop(gen, stops)
         text = tok.decode(gen[:cut])
         good = parses(p, text, cut < len(gen))
         ok += good
         rows.append((p, text, good, gen))
     gen_s = time.time() - t0
     engine = engine_check(out, prompts, [r[3] for r in rows], a)
-    from eval_demo import decode_figures  # the same tool measures any exported folder
+    from eval_demo import decode_figures, figure_key  # the same tool measures any folder
     figs = decode_figures(out, a.gen_length, a.block_length)
     for name, f in figs.items():  # the test reads these back
-        key = name.replace(" ", "_").replace("/", "_per_").replace(".", "")
+        key = figure_key(name)
         meta[f"{key}_tokens_per_forward"] = f"{f['tokens_per_forward']:.4f}"
         meta[f"{key}_parse"] = str(f["parse"])
     save_file({"input_ids": ids, "mask": mask}, str(out / "heldout_sample.safetensors"), meta)
@@ -836,18 +850,14 @@ def stage_name(i: int) -> str:
     return "stage 1" if i == 0 else "stage 2" + (f", round {i}" if i > 1 else "")
 
 
-def recipe_text(ta: dict, log: dict, strat: str, long_from: int, stopped: str) -> str:
+def recipe_text(log: dict) -> str:
     """The card's recipe: stage 1 (pretraining), then the self-distillation rounds, if any."""
     chain = stages(log)
     if len(chain) == 1:
-        return stage_text(ta, log, strat, long_from, stopped) + reproduce_text(chain)
-    s1 = chain[0]
-    a1 = s1["args"]
-    strat1 = strat if a1.get("t_sampling") == ta.get("t_sampling") else ", independently per row"
-    long1 = int(a1["steps"] * (1 - a1["long_share"]))
-    text = ("**Stage 1, pretraining.** " + stage_text(a1, s1, strat1, long1, stopped)
+        return stage_text(log) + reproduce_text(chain)
+    text = ("**Stage 1, pretraining.** " + stage_text(chain[0])
             + "\n\n**Stage 2, self-distillation for parallel decoding.** "
-            + distill_text(chain[1]["args"], chain[1]))
+            + distill_text(chain[1]))
     for i, st in enumerate(chain[2:], start=2):
         t, a = st["teacher"], st["args"]
         text += f"""
@@ -859,8 +869,8 @@ round 1: peak LR {a['lr']}, {a['warmup']} warmup steps, decay over the last {a['
     return text + reproduce_text(chain)
 
 
-def distill_text(ta: dict, log: dict) -> str:
-    t = log["teacher"]
+def distill_text(log: dict) -> str:
+    ta, t = log["args"], log["teacher"]
     n, good = int(t["prompts"]), int(t["good"])
     steps = run_steps(log)
     return f"""Stage 1's model decodes {n:,} prompts taken
@@ -880,8 +890,8 @@ block's masked tokens. AdamW as in stage 1 with a fresh state, peak LR {ta['lr']
 warmup steps, constant, then linear to 10% over the last {ta['decay_share']:.0%}; EMA decay
 {ta['ema']}.
 Why: a confidence threshold commits a token only where the model is sure, and a model this small
-is rarely sure of anything but the next token: after stage 1, threshold 0.9 with the dual cache
-committed 1.14 tokens per forward (9/20 completions parse at one token per step, 10/20 at t0.9
+is rarely sure of anything but the next token: in the bundled run, after stage 1, threshold 0.9
+with the dual cache committed 1.14 tokens per forward (9/20 completions parse at one token per step, 10/20 at t0.9
 dual; held-out accuracy 0.3888). Training the model on its own decodes (dParallel's certainty-forcing
 distillation, Chen et al. 2025, arXiv:2509.26488, distills LLaDA-8B on its own trajectories and
 cuts GSM8K decoding from 256 to 30 steps) makes it confident, in every block fill state, of what
@@ -925,9 +935,16 @@ python tools/train_demo.py card
     return text
 
 
-def stage_text(ta: dict, log: dict, strat: str, long_from: int, stopped: str) -> str:
-    """One training stage's objectives and optimizer from its saved arguments."""
+def stage_text(log: dict) -> str:
+    """One training stage's objectives and optimizer from its log's saved arguments."""
+    ta = log["args"]
     steps = run_steps(log)
+    stopped = (f" (time guard stopped it at step {log['stopped_early_at']})"
+               if "stopped_early_at" in log else "")
+    long_from = int(ta["steps"] * (1 - ta["long_share"]))
+    strat = (" (stratified over the batch: U_i = (U + i/B) mod 1, so each row's t is uniform "
+             "and the batch covers (0, 1] evenly, which lowers the variance of the 1/t weights)"
+             if ta.get("t_sampling") == "stratified" else ", independently per row")
     block_rows = ta.get("block_rows", 0)
     tokens = steps * (ta["batch"] * ta["seq"] + block_rows * ta.get("block_seq", 0))
     text = f"""LLaDA's pretraining objective: per sequence t = (1 - 1e-3) U + 1e-3,
@@ -982,21 +999,14 @@ def write_card(out: Path, cfg: dict, log: dict, acc: float, uni_acc: float, uni:
     ta = log["args"]
     minutes = sum(st["train_seconds"] for st in stages(log)) / 60
     t9 = figs["t0.9 dual"]["tokens_per_forward"]
-    stops = {cfg["eos_token_id"], tok.token_to_id("<|eot_id|>")}
-    mean_len = sum(next((i for i, t in enumerate(r[3]) if t in stops), len(r[3]))
-                   for r in rows) / max(1, len(rows))
+    stops = stop_ids(cfg, tok)
+    mean_len = sum(first_stop(r[3], stops) for r in rows) / max(1, len(rows))
     short_text = (": stage 2 taught it to finish early (the bundled run's stage-1 model averaged "
                   "52.4 tokens before EOS and its 1/step completions parsed for 9/20)."
                   if len(stages(log)) > 1 else ".")
     n_params = sum(v.numel() for v in load_file(str(out / "model.safetensors")).values())
     size_mb = (out / "model.safetensors").stat().st_size / 1e6
-    stopped = (f" (time guard stopped it at step {log['stopped_early_at']})"
-               if "stopped_early_at" in log else "")
-    long_from = int(ta["steps"] * (1 - ta["long_share"]))
     rows_n, seq_n = load_file(str(out / "heldout_sample.safetensors"))["input_ids"].shape
-    strat = (" (stratified over the batch: U_i = (U + i/B) mod 1, so each row's t is uniform "
-             "and the batch covers (0, 1] evenly, which lowers the variance of the 1/t weights)"
-             if ta.get("t_sampling") == "stratified" else ", independently per row")
     examples = "\n".join(
         f"#### `{p}` ({'parses' if g else 'does not parse'})\n```python\n{p}{t}\n```\n"
         for p, t, g, _ in rows)
@@ -1029,7 +1039,7 @@ the script skips files whose hash does not match and refuses to train when more 
 Training stream: {log['train_tokens']:,} tokens; held-out stream: {log['heldout_tokens']:,} tokens.
 
 ## Recipe
-{recipe_text(ta, log, strat, long_from, stopped)}
+{recipe_text(log)}
 
 ![training curve](training_curve.png)
 
