@@ -12,7 +12,12 @@ FASTDIFF_BUILD_CUDA selects the build:
 The build needs pybind11 (`python -m pybind11 --cmakedir`): pyproject.toml's build-system lists
 it for isolated builds; with --no-build-isolation it must be installed already (it is on the GPU
 machine, which has no network: `pip install --no-build-isolation --no-deps -e .`).
-FASTDIFF_CUDA_ARCHS overrides CMAKE_CUDA_ARCHITECTURES (default "90a;80")."""
+FASTDIFF_CUDA_ARCHS overrides CMAKE_CUDA_ARCHITECTURES (default "90a;80").
+
+The CPU extension fastdiff._cpu_ops (csrc/cpu/fused_cpu.c: plain C against the CPython API, no
+libtorch) is always attempted with the C compiler Python was built with; it takes about a
+second. Without it (no compiler: the build only warns) the torch backend runs its unfused torch
+ops on the CPU and says so once (fastdiff/ops/cpu_fused.py)."""
 import os
 import shutil
 import subprocess
@@ -42,9 +47,18 @@ def _cuda_mode() -> str:
 
 
 class CMakeBuild(build_ext):
-    """Configure + build CMakeLists.txt (ninja if present) into the extension's folder."""
+    """fastdiff._C: configure + build CMakeLists.txt (ninja if present) into the extension's
+    folder; other extensions (fastdiff._cpu_ops): setuptools' own C build."""
 
     def build_extension(self, ext):
+        if ext.name != "fastdiff._C":
+            try:
+                super().build_extension(ext)
+            except Exception as e:  # noqa: BLE001 - optional: any compiler failure only warns
+                print(f"WARNING: building the optional CPU extension {ext.name} failed ({e}); "
+                      "installing without it (the torch backend then runs unfused torch ops "
+                      "on the CPU)", file=sys.stderr)
+            return
         try:
             self._cmake(ext)
         except (OSError, subprocess.CalledProcessError) as e:
@@ -109,7 +123,9 @@ setup(
                 "prometheus-client>=0.20", "httpx>=0.27"],
     },
     entry_points={"console_scripts": ["fastdiff=fastdiff.cli:main"]},
-    ext_modules=[Extension("fastdiff._C", sources=[], optional=True)] if _CUDA else [],
-    cmdclass={"build_ext": CMakeBuild} if _CUDA else {},
+    ext_modules=[Extension("fastdiff._cpu_ops", sources=["csrc/cpu/fused_cpu.c"], optional=True,
+                           extra_compile_args=["-O3", "-ffp-contract=off"])]
+    + ([Extension("fastdiff._C", sources=[], optional=True)] if _CUDA else []),
+    cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,
 )

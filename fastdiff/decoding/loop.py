@@ -47,12 +47,13 @@ def _hidden(model, state: DecodeState, req: Request, feed: Feed, prep) -> torch.
     if req.cfg_scale <= 0:
         store = req.store.data if req.strategy.needs_store else None
         return model.forward(prep.ids, prep.pos, state.kv_start, state.kv_end, slot=prep.slot,
-                             store=store, length=state.x.shape[1], rows=rows)
+                             store=store, length=state.x.shape[1], rows=rows,
+                             kv_full=state.pad_free)
     un_x = prep.ids.clone()  # feed = the whole canvas
     un_x[:, : state.prompt_len] = state.mask_id  # padding counts as prompt
     both = model.forward(torch.cat([prep.ids, un_x]), prep.pos.repeat(2, 1),
                          state.kv_start.repeat(2), state.kv_end.repeat(2),
-                         rows=None if rows is None else rows.repeat(2, 1))
+                         rows=None if rows is None else rows.repeat(2, 1), kv_full=state.pad_free)
     c, u = both.float().chunk(2)
     return (u + (req.cfg_scale + 1) * (c - u)).to(both.dtype)
 

@@ -36,6 +36,9 @@ class DecodeState:
     # block diffusion: row b's generation starts at column gen_start[b] (its own grid);
     # None: at prompt_len in every row
     gen_start: Optional[torch.Tensor] = None
+    # host fact, fixed per request: no row has padding, so every row attends every key
+    # [0, L) (kv_start 0, kv_end L) and the torch attention can skip its mask
+    pad_free: bool = False
 
     # tensor fields by role: the per-row counters a step changes, with x all that a step writes
     COUNTERS = ("step", "nfe", "active")
@@ -72,7 +75,8 @@ class DecodeState:
                    m0=torch.zeros(B, dtype=torch.int64, device=device),
                    prompt_len=prompt_len, gen_length=gen_length, mask_id=mask_id,
                    gen_start=None if gen_start is None else
-                   torch.tensor(gen_start, dtype=torch.int64, device=device))
+                   torch.tensor(gen_start, dtype=torch.int64, device=device),
+                   pad_free=max(pads, default=0) == 0)
 
     @property
     def batch(self) -> int:

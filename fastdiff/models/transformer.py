@@ -147,7 +147,7 @@ class DLLMModel:
                 kv_end: torch.Tensor, *, slot: Optional[torch.Tensor] = None,
                 store: Optional[torch.Tensor] = None, length: Optional[int] = None,
                 rows: Optional[torch.Tensor] = None, block_causal: int = 0,
-                q_start: int = 0) -> torch.Tensor:
+                q_start: int = 0, kv_full: bool = False) -> torch.Tensor:
         """input_ids, positions [B, S] int64; row b attends keys [kv_start_b, kv_end_b)
         -> hidden states after ln_f [B, S, d] (or [B, R, d] with rows) in the model dtype.
 
@@ -157,7 +157,9 @@ class DLLMModel:
         rows [B, R] int64 (fed-token indices): only their final hidden states are wanted, so the
         last layer's attention queries, projections and MLP run on those rows alone.
         block_causal = Bk > 0 (block diffusion's prefill): the fed token s sits at column
-        q_start + s and attends only to keys of its own and earlier Bk-blocks."""
+        q_start + s and attends only to keys of its own and earlier Bk-blocks.
+        kv_full: the caller knows on the host that every row's keys are all of [0, length)
+        (kv_start 0, kv_end length): the torch attention then runs unmasked."""
         cfg, ops = self.config, self.ops
         B, S = input_ids.shape
         H, Hkv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -167,6 +169,8 @@ class DLLMModel:
             length = S
         cos, sin = self.rope_table()
         attn_kw = dict(block_causal=block_causal, q_start=q_start) if block_causal else {}
+        if kv_full:
+            attn_kw["kv_full"] = True
         x, delta = self.wte[input_ids], None  # [B, S, d]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):

@@ -64,13 +64,14 @@ class TritonOps(TorchOps):
     @staticmethod
     def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   kv_start: torch.Tensor, kv_end: torch.Tensor, *, block_causal: int = 0,
-                  q_start: int = 0) -> torch.Tensor:
+                  q_start: int = 0, kv_full: bool = False) -> torch.Tensor:
         """q [B, Sq, H, D], k/v [B, Skv, Hkv, D] (strided, last dim contiguous), kv_start/kv_end
         [B] int32 -> [B, Sq, H, D]; block_causal = Bk > 0: key block <= the query's block (query
-        m at column q_start + m). Head dims the kernel lacks go to torch SDPA."""
+        m at column q_start + m). Head dims the kernel lacks go to torch SDPA. kv_full (every
+        row's span is all keys) changes nothing here: the kernel reads the spans anyway."""
         if q.shape[-1] not in _attention.HEAD_DIMS:
             return TorchOps.attention(q, k, v, kv_start, kv_end, block_causal=block_causal,
-                                      q_start=q_start)
+                                      q_start=q_start, kv_full=kv_full)
         return _attention.attention(q, k, v, kv_start, kv_end, block_causal=block_causal,
                                     q_start=q_start)
 
