@@ -162,7 +162,7 @@ def decode_blocks(model, ops, canvas: BlockCanvas, req: BlockRequest, *,
         start = torch.where(has_prompt, st.kv_start, 0)
         _forward(model, st, req.store, Span(st, 0, C), block_causal=B, kv_start=start)
         st.nfe += has_prompt.to(st.nfe.dtype)
-    lm_head = model.lm_head[: model.config.vocab_size]
+    lm_head = model.head
     for blk in range(max(canvas.n_blocks)):
         bs = C + blk * B
         pos_base = (bs - C) - tails  # the block's first position within each row's generation

@@ -83,7 +83,7 @@ def step(model, ops, state: DecodeState, req: Request, phase: int, block: Index,
             prep = prep._replace(**dict(zip(("rows", "row_map"),
                                             ops.compact_live(prep.rows, prep.row_map, n))))
     hidden = _hidden(model, state, req, feed, prep)  # [B, Lb or n, d]
-    x0, conf = req.scorer(ops, hidden, prep.row_map, model.lm_head[: model.config.vocab_size],
+    x0, conf = req.scorer(ops, hidden, prep.row_map, model.head,
                           state, prep.pos_base)
     req.policy.commit(ops, state, x0, conf, prep, i)
     if req.stop_ids is not None:

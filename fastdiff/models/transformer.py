@@ -20,9 +20,8 @@ from typing import Optional
 
 import torch
 
-import torch.nn.functional as F
-
 from ..config import ModelConfig
+from ..ops import cpu_gemm
 from ..ops import reference as ref
 
 # a layer's parts by role; every layout maps its published names onto these
@@ -61,7 +60,9 @@ class Layer:
         bias = None
         if "q_bias" in w:
             bias = torch.cat([w["q_bias"], w["k_bias"], w["v_bias"]])
-        gemm = _k_major if w["q_proj"].device.type == "cpu" else (lambda t: t)
+        # CPU: K-major storage, plus a oneDNN-packed copy for fp32 (cpu_gemm; `linear` uses it)
+        gemm = (lambda t: cpu_gemm.pack(_k_major(t))) if w["q_proj"].device.type == "cpu" \
+            else (lambda t: t)
         return cls(attn_norm=w["attn_norm"],
                    qkv=gemm(torch.cat([w["q_proj"], w["k_proj"], w["v_proj"]])),
                    attn_out=gemm(w["attn_out"]), ff_norm=w["ff_norm"],
@@ -71,9 +72,7 @@ class Layer:
 
     def project_qkv(self, n: torch.Tensor) -> torch.Tensor:
         """n [..., d] -> [q | k | v] [..., (H + 2 Hkv) hd]: one GEMM (the bias in its epilogue)."""
-        if self.qkv_bias is None:
-            return n @ self.qkv.T
-        return F.linear(n, self.qkv, self.qkv_bias)
+        return cpu_gemm.linear(n, self.qkv, self.qkv_bias)
 
     # the published projections, as views of the concatenated weights
     @property
@@ -113,6 +112,9 @@ class DLLMModel:
         self.wte = weights[lay.embed]
         self.ln_f = weights[lay.final_norm]
         self.lm_head = self.wte if config.tie_word_embeddings else weights[lay.head]
+        # the scored [vocab_size, d] rows of the head (embedding padding rows dropped); one view
+        # object, so that the CPU's packed copy (cpu_gemm) travels with it
+        self.head = cpu_gemm.pack(self.lm_head[: config.vocab_size])
         self.layers = [Layer.from_weights({role: weights[name]
                                            for role, name in lay.layer_names(i).items()})
                        for i in range(config.n_layers)]
@@ -189,14 +191,15 @@ class DLLMModel:
             k = kv[0, :, :, :length].transpose(1, 2)  # [B, length, Hkv, hd], strided
             v = kv[1, :, :, :length].transpose(1, 2)
             a = ops.attention(q, k, v, kv_start, kv_end, **attn_kw)
-            h = a.reshape(B, q.shape[1], H * hd) @ layer.attn_out.T
+            h = cpu_gemm.linear(a.reshape(B, q.shape[1], H * hd), layer.attn_out)
             x, m = ops.add_rms_norm(x, h, layer.ff_norm, cfg.rms_norm_eps)
-            delta = ops.silu_mul_packed(m @ layer.gate_up.T) @ layer.ff_out.T
+            delta = cpu_gemm.linear(ops.silu_mul_packed(cpu_gemm.linear(m, layer.gate_up)),
+                                    layer.ff_out)
         return ops.add_rms_norm(x, delta, self.ln_f, cfg.rms_norm_eps)[1]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [..., d] -> logits [..., vocab_size] (embedding padding rows dropped)."""
-        return (hidden @ self.lm_head.T)[..., : self.config.vocab_size]
+        return cpu_gemm.linear(hidden, self.head)
 
     def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Unpadded convenience: input_ids [B, S] -> logits [B, S, V] (the output at each

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import cpu_fused
+from . import cpu_fused, cpu_gemm
 from . import reference as ref
 from . import step_torch
 
@@ -207,7 +207,7 @@ class TorchOps:
         Logits in the model dtype, statistics in fp32; see reference.lm_head_confidence."""
         dev = hidden.device
         rows, pos, back = _scored_rows(hidden, row_map, pos_base)
-        logits = (rows @ weight.T).float()  # [B, N, V]
+        logits = cpu_gemm.linear(rows, weight).float()  # [B, N, V]
         if suppress_eos:
             logits[..., eos_id] = float("-inf")
         if temperature == 0 and mode == "low_confidence":  # p(argmax) = 1 / sum exp(l - max)
@@ -263,7 +263,7 @@ class TorchOps:
                              "untempered probability) has no filtered form")
         dev = hidden.device
         rows, pos, back = _scored_rows(hidden, row_map, pos_base)
-        logits = (rows @ weight.T).float()  # [B, N, V]
+        logits = cpu_gemm.linear(rows, weight).float()  # [B, N, V]
         if suppress_eos:
             logits[..., eos_id] = float("-inf")
         zt = logits / temperature if temperature > 0 else logits
