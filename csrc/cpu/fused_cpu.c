@@ -4,7 +4,8 @@
  * second with any C compiler. Each function takes raw pointers (tensor.data_ptr()), sizes and
  * element strides from its Python wrapper, which checks dtypes, devices and shapes first; the
  * functions here check the index values they dereference (positions, slots) and raise
- * ValueError instead of touching memory out of bounds. The GIL is released while they run.
+ * ValueError, before writing anything, instead of touching memory out of bounds. The GIL is
+ * released while they run.
  *
  * Rounding: the code is built with -ffp-contract=off, so a*c - b*s rounds each product as
  * torch's elementwise ops do (no FMA contraction); RoPE's rotation is then bitwise the torch
@@ -59,6 +60,7 @@ static void add_rms_norm_rows(const float *x, const float *delta, const float *w
 }
 
 static PyObject *py_add_rms_norm(PyObject *self, PyObject *args) {
+    (void)self;
     unsigned long long x, delta, w, s, n;
     Py_ssize_t rows, d;
     float eps;
@@ -91,14 +93,19 @@ FD_CLONES
 static int rope_kv_run(const RopeArgs *a) {
     const Py_ssize_t D = a->D, half = D / 2, width = (a->H + 2 * a->Hkv) * D;
     float tmp[1024];
+    /* every index first: a bad one raises before anything is written */
+    for (Py_ssize_t b = 0; b < a->B; b++)
+        for (Py_ssize_t t = 0; t < a->S; t++) {
+            int64_t p = a->pos[b * a->pos_sb + t * a->pos_ss];
+            if (p < 0 || p >= a->n_pos) return 1;
+            if (a->slot[b * a->slot_sb + t * a->slot_ss] >= a->T) return 2;
+        }
     for (Py_ssize_t b = 0; b < a->B; b++) {
         for (Py_ssize_t t = 0; t < a->S; t++) {
             const float *row = a->qkv + (b * a->S + t) * width;
             int64_t p = a->pos[b * a->pos_sb + t * a->pos_ss];
-            if (p < 0 || p >= a->n_pos) return 1;
             Py_ssize_t sl = a->slot[b * a->slot_sb + t * a->slot_ss];
             if (sl < 0) sl = a->T - 1; /* the store's never-read trash slot */
-            if (sl >= a->T) return 2;
             const float *c = a->cos + p * half, *sn = a->sin + p * half;
             for (Py_ssize_t h = 0; h < a->H + a->Hkv; h++) {
                 const float *src = row + h * D;
@@ -127,6 +134,7 @@ static int rope_kv_run(const RopeArgs *a) {
 }
 
 static PyObject *py_rope_kv(PyObject *self, PyObject *args) {
+    (void)self;
     unsigned long long qkv, pos, slot, cos, sin, k, v, q, qn, kn;
     RopeArgs a;
     if (!PyArg_ParseTuple(args, "KnnnnnKnnKnnKKnKnnnKnnnnKKKf", &qkv, &a.B, &a.S, &a.H, &a.Hkv,
