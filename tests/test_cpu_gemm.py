@@ -1,8 +1,9 @@
 """fastdiff/ops/cpu_gemm.py: oneDNN-packed fp32 weights for the CPU GEMMs. The packed GEMM
 equals x @ w.T within fp32 summation error at every row count, with bias and strided inputs;
-what gets packed (fp32 CPU only, not with FASTDIFF_CPU_PACK=0, not when packing fails); a CPU
-fp32 model packs its four layer matrices and LM head, and its tokens equal the unpacked
-model's."""
+the packed form gives the matrix back exactly; what gets packed (fp32 CPU only, not with
+FASTDIFF_CPU_PACK=0, not when packing fails); a CPU fp32 model stores its four layer matrices
+packed only (no dense copy) and its LM head with a packed copy attached, and its tokens equal
+the unpacked model's."""
 from __future__ import annotations
 
 import logging
@@ -23,15 +24,19 @@ def _w(out, inp, seed=0):
 
 @pytest.mark.parametrize("rows", [1, 3, 16, 32, 37, 384])
 def test_packed_linear_matches_matmul(rows):
-    w = cpu_gemm.pack(_w(200, 96))
-    assert cpu_gemm.is_packed(w)
+    wd = _w(200, 96)
+    w = cpu_gemm.pack(wd)
+    assert cpu_gemm.is_packed(w) and w.is_mkldnn and torch.equal(cpu_gemm.dense(w), wd)
+    head = cpu_gemm.attach(_w(200, 96))  # dense, with the packed form hung on it
+    assert cpu_gemm.is_packed(head) and not head.is_mkldnn and torch.equal(head, wd)
     x = torch.randn(2, rows, 96, generator=torch.Generator().manual_seed(rows))
-    want = (x.double() @ w.double().T).float()
+    want = (x.double() @ wd.double().T).float()
+    assert_close(cpu_gemm.linear(x, head), want, 1e-5, 1e-5, "x @ head.T")
     assert_close(cpu_gemm.linear(x, w), want, 1e-5, 1e-5, "x @ w.T")
     b = torch.randn(200)
     assert_close(cpu_gemm.linear(x, w, b), want + b, 1e-5, 1e-5, "x @ w.T + b")
     xs = torch.randn(rows, 192)[:, ::2]  # strided rows
-    assert_close(cpu_gemm.linear(xs, w), (xs.double() @ w.double().T).float(), 1e-5, 1e-5,
+    assert_close(cpu_gemm.linear(xs, w), (xs.double() @ wd.double().T).float(), 1e-5, 1e-5,
                  "strided x")
 
 
@@ -57,13 +62,19 @@ def test_packing_failure_warns_and_leaves_the_weight_plain(monkeypatch, caplog):
 
 def test_cpu_fp32_model_packs_its_gemm_weights():
     cfg = ModelConfig.preset("tiny")
-    model = DLLMModel(cfg, random_weights(cfg, seed=0), TorchOps())
-    for layer in model.layers:
-        assert all(cpu_gemm.is_packed(t) for t in (layer.qkv, layer.attn_out, layer.gate_up,
-                                                  layer.ff_out))
+    weights = random_weights(cfg, seed=0)
+    model = DLLMModel(cfg, weights, TorchOps())
+    for i, layer in enumerate(model.layers):
+        assert all(layer.gemm[role].is_mkldnn for role in layer.gemm)  # no dense copy kept
+        p = f"model.transformer.blocks.{i}."
+        assert torch.equal(layer.q_proj, weights[p + "q_proj.weight"])  # dense views give back
+        assert torch.equal(layer.up_proj, weights[p + "up_proj.weight"])  # the published values
+        assert torch.equal(layer.ff_out, weights[p + "ff_out.weight"])
+        assert layer.tensors()[1].shape == layer.qkv.shape
     assert cpu_gemm.is_packed(model.head) and model.head.shape[0] == cfg.vocab_size
     bf = DLLMModel(cfg, random_weights(cfg, seed=0, dtype=torch.bfloat16), TorchOps())
-    assert not cpu_gemm.is_packed(bf.layers[0].qkv) and not cpu_gemm.is_packed(bf.head)
+    assert not any(t.is_mkldnn for t in bf.layers[0].gemm.values())
+    assert not cpu_gemm.is_packed(bf.head)
 
 
 @pytest.mark.parametrize("gen", [dict(cache="dual", steps=16), dict(cache="none", threshold=0.5),

@@ -19,7 +19,9 @@ from ..config import ModelConfig
 OP_GROUPS = {"lm_head_confidence": "lm_head", "silu_mul_packed": "silu_mul",
              "select_topk_commit": "select_commit", "select_threshold_commit": "select_commit",
              "select_factor_commit": "select_commit"}
-MM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul"})
+# (mkldnn::_linear_pointwise: the CPU's fp32 GEMM on a packed weight [N, K], ops/cpu_gemm.py)
+MM_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul",
+                    "mkldnn::_linear_pointwise"})
 EMBED_OPS = frozenset({"aten::index", "aten::embedding", "aten::index_select"})
 LAUNCH_APIS = frozenset({"cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel",
                          "cuLaunchKernelEx", "cudaLaunchCooperativeKernel"})
@@ -46,13 +48,14 @@ def _chain(e) -> list:
 
 
 def _gemm(e, weights: dict, elem: int):
-    """An aten GEMM event -> (group, bytes, FLOPs) from its recorded shapes x [.., K] (M rows),
-    W.T [K, N]; the group names the weight of that shape."""
+    """A GEMM event -> (group, bytes, FLOPs) from its recorded shapes x [.., K] (M rows) and
+    W.T [K, N] (aten) or W [N, K] (oneDNN's packed weight); the group names the weight."""
     mats = [list(s) for s in (e.input_shapes or []) if isinstance(s, (list, tuple)) and len(s) >= 2]
     if len(mats) < 2:
         return "gemm (shape not recorded)", 0, 0
     a, w = mats[0], mats[1]
-    M, (K, N) = math.prod(a[:-1]), w[-2:]
+    M, K = math.prod(a[:-1]), a[-1]
+    N = w[-1] if w[-2] == K else w[-2]
     names = [n for n, s in weights.items() if s == (K, N)] or \
             [n for n, s in weights.items() if s == (N, K)]
     group = "gemm " + "/".join(names) if names else f"gemm other ({K}x{N})"
@@ -90,7 +93,8 @@ def _cpu_kernels(events) -> list:
 
     def works(e):
         return not free(e) or any(works(c) for c in e.cpu_children)
-    ops = [e for e in events if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
+    ops = [e for e in events if e.device_type == DeviceType.CPU
+           and e.name.startswith(("aten::", "mkldnn::"))]  # mkldnn: the CPU's packed GEMMs
     return [(e.name, e.cpu_time_total, e) for e in ops
             if not free(e) and not any(works(c) for c in e.cpu_children)]
 

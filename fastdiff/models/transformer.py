@@ -5,13 +5,15 @@ where the family has them (they ride in the QKV GEMM). A family's layout module
 below branches on the family name.
 
 Q/K/V and gate/up weights are concatenated once at load ([q | k | v] and [gate | up] rows), so a
-layer runs 4 GEMMs; the per-projection names stay available as views of them.
+layer runs 4 GEMMs; the per-projection names stay available (as dense copies of slices).
 
-GEMM layout: every GEMM is `x @ W.T` with W in the published [out, in] orientation. On a CPU the
-four layer matrices are stored K-major (W.T contiguous, W a transposed view of it): MKL's sgemm
-at the decode shapes (32 rows against a few MB of weights that no longer sit in L2) runs ~15%
-faster with a contiguous [in, out] operand (benches/results/2026-11-30-cpu-issue12/). On a GPU
-they stay [out, in] contiguous, the layout cuBLAS and the tensor-core paths are tuned for."""
+GEMM layout: every GEMM is `x @ W.T` with W in the published [out, in] orientation. On a GPU the
+matrices stay [out, in] contiguous, the layout cuBLAS and the tensor-core paths are tuned for. On
+a CPU in fp32 the four layer matrices are stored only in oneDNN's packed layout (ops/cpu_gemm.py:
+25-33% faster than MKL at the decode shapes, whose weights stream from memory) and the LM head
+carries a packed copy next to its dense rows; in other dtypes (or with FASTDIFF_CPU_PACK=0) the
+layer matrices are stored K-major (W.T contiguous, W a transposed view of it), which MKL's sgemm
+multiplies ~15% faster at 32 rows (benches/results/2026-11-30-cpu-issue12/)."""
 from __future__ import annotations
 
 import copy
@@ -37,17 +39,23 @@ def _k_major(w: torch.Tensor) -> torch.Tensor:
     return w.T.contiguous().T
 
 
+GEMMS = ("qkv", "attn_out", "gate_up", "ff_out")  # the four matrices a layer multiplies by
+
+
 @dataclass
 class Layer:
-    """One block's weights by role: qkv [(H + 2 Hkv) hd, d] (+ qkv_bias [(H + 2 Hkv) hd] when
-    the family has q/k/v biases), gate_up [2 m, d]; the rest as published."""
+    """One block's weights by role: attn_norm, ff_norm [d]; the GEMM matrices in `gemm`: qkv
+    [(H + 2 Hkv) hd, d] (+ qkv_bias [(H + 2 Hkv) hd] when the family has q/k/v biases),
+    attn_out, gate_up [2 m, d], ff_out, as [out, in]; q_norm / k_norm [hd] (SDAR) or None.
+
+    `gemm[role]` is what the forward multiplies by (`linear`): on a GPU the dense matrix, on a
+    CPU the K-major matrix or, in fp32, only its oneDNN-packed form (ops/cpu_gemm.py: no dense
+    copy is kept). The properties qkv, attn_out, gate_up, ff_out (and the published projections
+    q_proj ... up_proj) return dense [out, in] matrices, copies where the storage is packed."""
 
     attn_norm: torch.Tensor
-    qkv: torch.Tensor
-    attn_out: torch.Tensor
     ff_norm: torch.Tensor
-    gate_up: torch.Tensor
-    ff_out: torch.Tensor
+    gemm: dict[str, torch.Tensor]
     q_dim: int
     kv_dim: int
     qkv_bias: Optional[torch.Tensor] = None
@@ -60,19 +68,39 @@ class Layer:
         bias = None
         if "q_bias" in w:
             bias = torch.cat([w["q_bias"], w["k_bias"], w["v_bias"]])
-        # CPU: K-major storage, plus a oneDNN-packed copy for fp32 (cpu_gemm; `linear` uses it)
-        gemm = (lambda t: cpu_gemm.pack(_k_major(t))) if w["q_proj"].device.type == "cpu" \
+        store = (lambda t: cpu_gemm.pack(_k_major(t))) if w["q_proj"].device.type == "cpu" \
             else (lambda t: t)
-        return cls(attn_norm=w["attn_norm"],
-                   qkv=gemm(torch.cat([w["q_proj"], w["k_proj"], w["v_proj"]])),
-                   attn_out=gemm(w["attn_out"]), ff_norm=w["ff_norm"],
-                   gate_up=gemm(torch.cat([w["ff_proj"], w["up_proj"]])), ff_out=gemm(w["ff_out"]),
+        mats = dict(qkv=torch.cat([w["q_proj"], w["k_proj"], w["v_proj"]]), attn_out=w["attn_out"],
+                    gate_up=torch.cat([w["ff_proj"], w["up_proj"]]), ff_out=w["ff_out"])
+        return cls(attn_norm=w["attn_norm"], ff_norm=w["ff_norm"],
+                   gemm={role: store(mats[role]) for role in GEMMS},
                    q_dim=w["q_proj"].shape[0], kv_dim=w["k_proj"].shape[0], qkv_bias=bias,
                    q_norm=w.get("q_norm"), k_norm=w.get("k_norm"))
 
+    def linear(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        """x [..., in] @ W_role.T -> [..., out] (qkv: + its bias, in the GEMM's epilogue)."""
+        return cpu_gemm.linear(x, self.gemm[role], self.qkv_bias if role == "qkv" else None)
+
     def project_qkv(self, n: torch.Tensor) -> torch.Tensor:
         """n [..., d] -> [q | k | v] [..., (H + 2 Hkv) hd]: one GEMM (the bias in its epilogue)."""
-        return cpu_gemm.linear(n, self.qkv, self.qkv_bias)
+        return self.linear("qkv", n)
+
+    # dense [out, in] matrices (copies where the storage is packed)
+    @property
+    def qkv(self) -> torch.Tensor:
+        return cpu_gemm.dense(self.gemm["qkv"])
+
+    @property
+    def attn_out(self) -> torch.Tensor:
+        return cpu_gemm.dense(self.gemm["attn_out"])
+
+    @property
+    def gate_up(self) -> torch.Tensor:
+        return cpu_gemm.dense(self.gemm["gate_up"])
+
+    @property
+    def ff_out(self) -> torch.Tensor:
+        return cpu_gemm.dense(self.gemm["ff_out"])
 
     # the published projections, as views of the concatenated weights
     @property
@@ -89,14 +117,18 @@ class Layer:
 
     @property
     def ff_proj(self) -> torch.Tensor:
-        return self.gate_up[: self.gate_up.shape[0] // 2]
+        gu = self.gate_up
+        return gu[: gu.shape[0] // 2]
 
     @property
     def up_proj(self) -> torch.Tensor:
-        return self.gate_up[self.gate_up.shape[0] // 2:]
+        gu = self.gate_up
+        return gu[gu.shape[0] // 2:]
 
     def tensors(self) -> list[torch.Tensor]:
-        out = [self.attn_norm, self.qkv, self.attn_out, self.ff_norm, self.gate_up, self.ff_out]
+        """The stored tensors (a packed one is opaque: shape, dtype and numel only)."""
+        g = self.gemm
+        out = [self.attn_norm, g["qkv"], g["attn_out"], self.ff_norm, g["gate_up"], g["ff_out"]]
         return out + [t for t in (self.qkv_bias, self.q_norm, self.k_norm) if t is not None]
 
 
@@ -112,9 +144,10 @@ class DLLMModel:
         self.wte = weights[lay.embed]
         self.ln_f = weights[lay.final_norm]
         self.lm_head = self.wte if config.tie_word_embeddings else weights[lay.head]
-        # the scored [vocab_size, d] rows of the head (embedding padding rows dropped); one view
-        # object, so that the CPU's packed copy (cpu_gemm) travels with it
-        self.head = cpu_gemm.pack(self.lm_head[: config.vocab_size])
+        # the scored [vocab_size, d] rows of the head (embedding padding rows dropped): one view
+        # object, which on a CPU in fp32 also carries a packed copy (cpu_gemm.attach; the
+        # dense head stays: the embedding (tied) and the Triton LM-head kernel read it)
+        self.head = cpu_gemm.attach(self.lm_head[: config.vocab_size])
         self.layers = [Layer.from_weights({role: weights[name]
                                            for role, name in lay.layer_names(i).items()})
                        for i in range(config.n_layers)]
@@ -191,10 +224,9 @@ class DLLMModel:
             k = kv[0, :, :, :length].transpose(1, 2)  # [B, length, Hkv, hd], strided
             v = kv[1, :, :, :length].transpose(1, 2)
             a = ops.attention(q, k, v, kv_start, kv_end, **attn_kw)
-            h = cpu_gemm.linear(a.reshape(B, q.shape[1], H * hd), layer.attn_out)
+            h = layer.linear("attn_out", a.reshape(B, q.shape[1], H * hd))
             x, m = ops.add_rms_norm(x, h, layer.ff_norm, cfg.rms_norm_eps)
-            delta = cpu_gemm.linear(ops.silu_mul_packed(cpu_gemm.linear(m, layer.gate_up)),
-                                    layer.ff_out)
+            delta = layer.linear("ff_out", ops.silu_mul_packed(layer.linear("gate_up", m)))
         return ops.add_rms_norm(x, delta, self.ln_f, cfg.rms_norm_eps)[1]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
