@@ -5,6 +5,7 @@ writing out of bounds; the engine's tokens equal the unfused torch path's; witho
 extension TorchOps warns once and still decodes."""
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import pytest
@@ -17,11 +18,13 @@ from fastdiff.ops.torch_backend import TorchOps
 from kernel_checks import assert_close
 
 
-@pytest.fixture
-def unfused(monkeypatch):
+@contextlib.contextmanager
+def without_extension(monkeypatch):
     """TorchOps without the extension (its torch composition), warning already given."""
-    monkeypatch.setattr(cpu_fused, "_ext", None)
-    monkeypatch.setattr(cpu_fused, "_warned", True)
+    with monkeypatch.context() as m:
+        m.setattr(cpu_fused, "_ext", None)
+        m.setattr(cpu_fused, "_warned", True)
+        yield
 
 
 def test_extension_is_built():
@@ -74,7 +77,7 @@ def _rope_problem(B, S, H, Hkv, D, T, Tkv, seed):
 @pytest.mark.parametrize("B,S,H,Hkv,D", [(1, 32, 4, 4, 64), (2, 5, 6, 2, 16), (3, 7, 4, 1, 10),
                                          (1, 1, 2, 2, 128)])
 @pytest.mark.parametrize("qk_norm", [False, True])
-def test_rope_kv(B, S, H, Hkv, D, qk_norm, unfused_pair):
+def test_rope_kv(B, S, H, Hkv, D, qk_norm, monkeypatch):
     T, Tkv = 50, S + 7
     qkv, pos, slot, store = _rope_problem(B, S, H, Hkv, D, T, Tkv, seed=B * 100 + S + D)
     cos, sin = _table(T, D)
@@ -100,7 +103,8 @@ def test_rope_kv(B, S, H, Hkv, D, qk_norm, unfused_pair):
         assert torch.equal(dest[:, b, :, keep], before[1][:, b, :, keep])
     # the torch composition TorchOps runs without the extension: the same q and KV
     store2 = before.clone()
-    q2 = unfused_pair(qkv, pos, slot, cos, sin, store2[1, 0], store2[1, 1], **kw)
+    with without_extension(monkeypatch):
+        q2 = TorchOps.rope_kv(qkv, pos, slot, cos, sin, store2[1, 0], store2[1, 1], **kw)
     # (the trash slot Tkv, written by every slot -1, is left out: which write lands is unordered)
     kv, kv2 = store[..., :Tkv, :], store2[..., :Tkv, :]
     if not qk_norm:  # no reduction: the rotation is bitwise the torch ops' (no FMA contraction)
@@ -108,17 +112,6 @@ def test_rope_kv(B, S, H, Hkv, D, qk_norm, unfused_pair):
     else:
         assert_close(q, q2, 1e-6, 1e-6, "q")
         assert_close(kv, kv2, 1e-6, 1e-6, "stored k/v")
-
-
-@pytest.fixture
-def unfused_pair(monkeypatch):
-    """TorchOps.rope_kv with the extension switched off for the call."""
-    def run(*args, **kw):
-        with monkeypatch.context() as m:
-            m.setattr(cpu_fused, "_ext", None)
-            m.setattr(cpu_fused, "_warned", True)
-            return TorchOps.rope_kv(*args, **kw)
-    return run
 
 
 def test_rope_kv_strided_positions_and_slots():
@@ -191,9 +184,7 @@ def test_engine_tokens_equal_the_unfused_torch_path(case, monkeypatch):
                for n in (9, 5, 12)[:batch]]  # ragged: padding rows in the batch case
     gen = GenerationConfig(gen_length=32, block_length=16, seed=0, **case)
     fused = eng.generate(prompts, gen)
-    with monkeypatch.context() as m:
-        m.setattr(cpu_fused, "_ext", None)
-        m.setattr(cpu_fused, "_warned", True)
+    with without_extension(monkeypatch):
         plain = eng.generate(prompts, gen)
     assert [o.token_ids for o in fused] == [o.token_ids for o in plain]
     assert [o.nfe for o in fused] == [o.nfe for o in plain]

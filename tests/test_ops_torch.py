@@ -221,3 +221,19 @@ def test_block_causal_query_without_keys_gets_zeros():
     out = TorchOps.attention(q, k, v, start, end, block_causal=4, q_start=0)
     assert torch.equal(out[1, :4], torch.zeros_like(out[1, :4]))
     assert torch.isfinite(out).all() and out[0, :4].abs().sum() > 0
+
+
+@pytest.mark.parametrize("bk, q_start", [(0, 0), (4, 0), (3, 20)])
+def test_attention_kv_full_skips_only_the_span_mask(bk, q_start):
+    """kv_full (the host knows every row attends all keys): the same result as the span mask
+    [0, Skv) it skips, with and without the block-causal mask."""
+    g = torch.Generator().manual_seed(bk)
+    B, Sq, Skv, H, Hkv, D = 2, 7, 30, 4, 2, 8
+    q = torch.randn(B, Sq, H, D, generator=g)
+    k, v = torch.randn(2, B, Skv, Hkv, D, generator=g)
+    start = torch.zeros(B, dtype=torch.int32)
+    end = torch.full((B,), Skv, dtype=torch.int32)
+    kw = dict(block_causal=bk, q_start=q_start)
+    full = ops.attention(q, k, v, start, end, kv_full=True, **kw)
+    assert first_mismatch(full, ops.attention(q, k, v, start, end, **kw), 1e-6, 1e-6) is None
+    assert first_mismatch(full, ref.attention(q, k, v, start, end, **kw), 1e-5, 1e-4) is None

@@ -83,7 +83,8 @@ typedef struct {
     float *v; Py_ssize_t v_sb, v_sh, v_st;
     Py_ssize_t T;
     float *q;                                         /* out [B, S, H, D] contiguous */
-    const float *q_norm, *k_norm;                     /* [D] or NULL (both or neither) */
+    const float *q_norm, *k_norm;                     /* [D] or NULL (both or neither: the
+                                                         wrapper checks) */
     float eps;
 } RopeArgs;
 
@@ -144,10 +145,6 @@ static PyObject *py_rope_kv(PyObject *self, PyObject *args) {
         return NULL;
     if (a.D % 2 || a.D > 1024 || a.D <= 0) {
         PyErr_Format(PyExc_ValueError, "rope_kv: head_dim %zd must be even and <= 1024", a.D);
-        return NULL;
-    }
-    if ((qn == 0) != (kn == 0)) {
-        PyErr_SetString(PyExc_ValueError, "rope_kv: q_norm and k_norm go together");
         return NULL;
     }
     a.qkv = (const float *)qkv; a.pos = (const int64_t *)pos; a.slot = (const int32_t *)slot;

@@ -42,6 +42,18 @@ def _k_major(w: torch.Tensor) -> torch.Tensor:
 GEMMS = ("qkv", "attn_out", "gate_up", "ff_out")  # the four matrices a layer multiplies by
 
 
+def _cpu_store(w: torch.Tensor) -> torch.Tensor:
+    """How a CPU layer keeps a GEMM matrix: its packed form (fp32, cpu_gemm), else K-major."""
+    packed = cpu_gemm.pack(w)
+    return packed if packed is not w else _k_major(w)
+
+
+def _dense(role: str) -> property:
+    """A Layer property: the dense [out, in] matrix of gemm[role] (a copy when packed)."""
+    return property(lambda self: cpu_gemm.dense(self.gemm[role]),
+                    doc=f"dense [out, in] {role} matrix (a copy where the storage is packed)")
+
+
 @dataclass
 class Layer:
     """One block's weights by role: attn_norm, ff_norm [d]; the GEMM matrices in `gemm`: qkv
@@ -68,8 +80,7 @@ class Layer:
         bias = None
         if "q_bias" in w:
             bias = torch.cat([w["q_bias"], w["k_bias"], w["v_bias"]])
-        store = (lambda t: cpu_gemm.pack(_k_major(t))) if w["q_proj"].device.type == "cpu" \
-            else (lambda t: t)
+        store = _cpu_store if w["q_proj"].device.type == "cpu" else (lambda t: t)
         mats = dict(qkv=torch.cat([w["q_proj"], w["k_proj"], w["v_proj"]]), attn_out=w["attn_out"],
                     gate_up=torch.cat([w["ff_proj"], w["up_proj"]]), ff_out=w["ff_out"])
         return cls(attn_norm=w["attn_norm"], ff_norm=w["ff_norm"],
@@ -81,26 +92,7 @@ class Layer:
         """x [..., in] @ W_role.T -> [..., out] (qkv: + its bias, in the GEMM's epilogue)."""
         return cpu_gemm.linear(x, self.gemm[role], self.qkv_bias if role == "qkv" else None)
 
-    def project_qkv(self, n: torch.Tensor) -> torch.Tensor:
-        """n [..., d] -> [q | k | v] [..., (H + 2 Hkv) hd]: one GEMM (the bias in its epilogue)."""
-        return self.linear("qkv", n)
-
-    # dense [out, in] matrices (copies where the storage is packed)
-    @property
-    def qkv(self) -> torch.Tensor:
-        return cpu_gemm.dense(self.gemm["qkv"])
-
-    @property
-    def attn_out(self) -> torch.Tensor:
-        return cpu_gemm.dense(self.gemm["attn_out"])
-
-    @property
-    def gate_up(self) -> torch.Tensor:
-        return cpu_gemm.dense(self.gemm["gate_up"])
-
-    @property
-    def ff_out(self) -> torch.Tensor:
-        return cpu_gemm.dense(self.gemm["ff_out"])
+    qkv, attn_out, gate_up, ff_out = (_dense(role) for role in GEMMS)
 
     # the published projections, as views of the concatenated weights
     @property
@@ -203,9 +195,7 @@ class DLLMModel:
         if store is None:
             length = S
         cos, sin = self.rope_table()
-        attn_kw = dict(block_causal=block_causal, q_start=q_start) if block_causal else {}
-        if kv_full:
-            attn_kw["kv_full"] = True
+        attn_kw = dict(block_causal=block_causal, q_start=q_start, kv_full=kv_full)
         x, delta = self.wte[input_ids], None  # [B, S, d]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -216,7 +206,7 @@ class DLLMModel:
                 kv = store[i, :, :B]
             norms = {} if layer.q_norm is None else dict(
                 q_norm=layer.q_norm, k_norm=layer.k_norm, eps=cfg.rms_norm_eps)
-            q = ops.rope_kv(layer.project_qkv(n), positions, slot, cos, sin, kv[0], kv[1],
+            q = ops.rope_kv(layer.linear("qkv", n), positions, slot, cos, sin, kv[0], kv[1],
                             n_heads=H, n_kv_heads=Hkv, head_dim=hd, **norms)  # [B, S, H, hd]
             if rows is not None and i == last:
                 q = q.gather(1, rows[:, :, None, None].expand(-1, -1, H, hd))

@@ -41,10 +41,8 @@ def available() -> bool:
 
 def usable(*tensors: Optional[torch.Tensor]) -> bool:
     """Every given tensor is fp32 on the CPU, and the extension is built."""
-    for t in tensors:
-        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
-            return False
-    return available()
+    return all(t is None or (t.dtype == torch.float32 and t.is_cpu) for t in tensors) \
+        and available()
 
 
 def add_rms_norm(x: torch.Tensor, delta: Optional[torch.Tensor], weight: torch.Tensor,

@@ -163,22 +163,20 @@ class TorchOps:
                   q_start: int = 0, kv_full: bool = False) -> torch.Tensor:
         """q [B, Sq, H, D], k/v [B, Skv, Hkv, D], kv_start/kv_end [B] int -> [B, Sq, H, D].
         kv_full: the caller knows (on the host) that kv_start is 0 and kv_end Skv in every row,
-        so without block_causal no mask is built (SDPA's unmasked path is ~15% faster on a CPU).
+        so no span mask is built (without block_causal SDPA then runs unmasked, ~15% faster on
+        a CPU).
         block_causal = Bk > 0: query m (key column q_start + m) also needs key block n // Bk <=
         its own block (one [B, 1, Sq, Skv] boolean mask; the prefill); 0: no causal mask. A
         query with no allowed key gets zeros (as the Triton kernel): SDPA's result for a fully
         masked row differs by device and backend (zeros on the CPU, NaN in some CUDA kernels),
         and a NaN written into a padding slot's K/V would poison later masked reads."""
-        if kv_full and block_causal == 0:
-            return F.scaled_dot_product_attention(
-                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                enable_gqa=k.shape[2] != q.shape[2]).transpose(1, 2)
-        j = torch.arange(k.shape[1], device=q.device)
-        valid = (j[None] >= kv_start[:, None]) & (j[None] < kv_end[:, None])  # [B, Skv]
-        mask = valid[:, None, None, :]
+        j = None if kv_full and block_causal == 0 else torch.arange(k.shape[1], device=q.device)
+        mask = None if kv_full else \
+            ((j[None] >= kv_start[:, None]) & (j[None] < kv_end[:, None]))[:, None, None, :]
         if block_causal > 0:
             m = q_start + torch.arange(q.shape[1], device=q.device)  # [Sq] key column
-            mask = mask & (j[None] // block_causal <= m[:, None] // block_causal)  # [B,1,Sq,Skv]
+            causal = j[None] // block_causal <= m[:, None] // block_causal  # [Sq, Skv]
+            mask = causal if mask is None else mask & causal  # [B, 1, Sq, Skv] or [Sq, Skv]
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
             attn_mask=mask, enable_gqa=k.shape[2] != q.shape[2])
